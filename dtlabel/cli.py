@@ -1,0 +1,204 @@
+"""``dtlabel <command> [options] [key=value ...]``: the command-line entry point.
+
+Options map onto config keys (``--seed 3`` is ``seed=3``); everything of the form ``key=value`` is a
+Hydra override (``data=ccp data.root=PATH fit.steps=500``). ``main(argv) -> int`` is what the
+console script calls and what tests call. User errors print one line and return 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dtlabel import __version__
+from dtlabel.errors import ConfigError, DTLabelError, did_you_mean
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local folders only
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+log = logging.getLogger("dtlabel")
+
+
+@dataclass(frozen=True)
+class Option:
+    flags: tuple[str, ...]
+    key: str | None  # config key it sets (None: read from the parsed args by the command)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str            # as typed: "fit-teacher", "data check"
+    target: str          # "module:function" under dtlabel.commands
+    help: str
+    options: tuple[Option, ...] = ()
+
+    @property
+    def config_name(self) -> str:
+        return self.name.replace(" ", "_").replace("-", "_")
+
+    @property
+    def run_name(self) -> str:
+        return self.name.replace(" ", "-")
+
+
+_TEACHER = Option(("--teacher",), "inputs.teacher",
+                  {"metavar": "DIR", "help": "fit-teacher run folder or local diffusers model folder"})
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("data check", "data:check", "validate a data set and print a summary"),
+    Command("data preview", "data:preview", "write a PNG grid of image / mask overlays",
+            (Option(("--split",), "split", {"help": "train, val, test or unlabeled"}),
+             Option(("--n",), "n", {"type": int, "help": "number of samples"}))),
+    Command("fit-teacher", "fit_teacher:run", "train a DDPM teacher on unlabeled images",
+            (Option(("--steps",), "fit.steps", {"type": int, "help": "optimisation steps"}),
+             Option(("--images",), None, {"metavar": "DIR", "help": "train on this image folder (data=images)"}))),
+)}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + exits; we want one line
+        raise ConfigError(message)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<command>/<timestamp>)")
+    p.add_argument("--preset", help="tiny (seconds, tests) | cpu (real data on a CPU) | gpu (paper scale)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int, help="global seed")
+    p.add_argument("--resume", action="store_true", help="continue an unfinished run in --out")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dtlabel", description=__doc__.split("\n\n")[0] if __doc__ else None,
+                     epilog="Overrides: key=value after the options, e.g. data=ccp data.root=PATH preset=tiny.")
+    parser.add_argument("--version", action="version", version=f"dtlabel {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for cmd in COMMANDS.values():
+        words = cmd.name.split(" ")
+        if len(words) == 2:
+            if words[0] not in groups:
+                gp = sub.add_parser(words[0], help=f"{words[0]} commands")
+                groups[words[0]] = gp.add_subparsers(dest="subcommand", metavar="<subcommand>", parser_class=_Parser)
+            p = groups[words[0]].add_parser(words[1], help=cmd.help, description=cmd.help)
+        else:
+            p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        _common(p)
+        for opt in cmd.options:
+            p.add_argument(*opt.flags, **opt.kwargs)
+        p.set_defaults(_command=cmd.name)
+    return parser
+
+
+def parse(argv: Sequence[str]) -> tuple[Command, argparse.Namespace, list[str]]:
+    argv = list(argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        raise SystemExit(0)
+    first = argv[0]
+    tops = {c.name.split(" ")[0] for c in COMMANDS.values()}
+    if first not in tops and not first.startswith("-"):
+        raise ConfigError(f"unknown command '{first}'{did_you_mean(first, tops)}; run dtlabel --help for the list")
+    ns, rest = parser.parse_known_args(argv)
+    if not getattr(ns, "_command", None):
+        subs = sorted(c.name.split(" ")[1] for c in COMMANDS.values() if c.name.startswith(first + " "))
+        raise ConfigError(f"'{first}' needs a subcommand: {', '.join(subs)}")
+    cmd = COMMANDS[ns._command]
+    overrides: list[str] = []
+    for tok in rest:
+        if tok.startswith("-"):
+            flags = [f for o in cmd.options for f in o.flags] + ["--out", "--preset", "--device", "--seed", "--resume"]
+            raise ConfigError(f"unknown option {tok} for '{cmd.name}'{did_you_mean(tok.split('=')[0], flags)}")
+        if "=" not in tok:
+            raise ConfigError(f"cannot parse '{tok}': overrides are key=value (e.g. data.root=PATH)")
+        overrides.append(tok)
+    return cmd, ns, overrides
+
+
+def option_overrides(cmd: Command, ns: argparse.Namespace) -> list[str]:
+    """Overrides implied by options; they come before the user's key=value so those win."""
+    out: list[str] = []
+    if ns.preset:
+        out.append(f"preset={ns.preset}")
+    if ns.device:
+        out.append(f"device={ns.device}")
+    if ns.seed is not None:
+        out.append(f"seed={ns.seed}")
+    for opt in cmd.options:
+        value = getattr(ns, opt.flags[0].lstrip("-").replace("-", "_"), None)
+        if opt.key and value is not None:
+            out.append(f"{opt.key}={value}")
+    if getattr(ns, "images", None):
+        out += ["data=images", f"data.root={ns.images}"]
+    return out
+
+
+def _setup_logging(log_file: Any, quiet: bool) -> list[logging.Handler]:
+    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stdout)  # stderr is kept for the one-line error
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setLevel(logging.DEBUG)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(fh)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(logging.DEBUG if log_file is not None else logging.INFO)
+    for noisy in ("PIL", "matplotlib", "urllib3", "filelock", "h5py", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return handlers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit code (0 ok, 2 user error, 130 interrupted)."""
+    from dtlabel.config import compose
+    from dtlabel.runs import Run
+
+    argv = sys.argv[1:] if argv is None else argv
+    handlers: list[logging.Handler] = []
+    try:
+        cmd, ns, overrides = parse(argv)
+        cfg = compose(cmd.config_name, option_overrides(cmd, ns) + overrides)
+        run = Run.open(cmd.run_name, cfg, ns.out, resume=ns.resume)
+        handlers = _setup_logging(run.log_file, ns.quiet)
+        log.info("dtlabel %s %s -> %s", cmd.name, " ".join(argv[1:]), run.path)
+        module, func = cmd.target.split(":")
+        fn = getattr(importlib.import_module(f"dtlabel.commands.{module}"), func)
+        t0 = time.time()
+        descriptor = fn(run, cfg, ns) or {}
+        descriptor.setdefault("seconds", round(time.time() - t0, 2))
+        run.finish(**descriptor)
+        log.info("done in %.1fs: %s", time.time() - t0, run.path)
+        return 0
+    except DTLabelError as exc:
+        print(f"dtlabel: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dtlabel: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
+        return 130
+    finally:
+        root = logging.getLogger()
+        for h in handlers:
+            root.removeHandler(h)
+            h.close()
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,73 @@
+"""``dtlabel data check`` and ``dtlabel data preview``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+from typing import Any
+
+from omegaconf import DictConfig
+
+from dtlabel.data import build_data, data_size
+from dtlabel.data.check import check_bundle
+from dtlabel.data.transforms import build_transform
+from dtlabel.errors import ConfigError, DataError
+from dtlabel.io import write_json
+from dtlabel.report import colorize, overlay, save_grid
+from dtlabel.runs import Run
+
+log = logging.getLogger(__name__)
+
+
+def check(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+    bundle = build_data(cfg.data)
+    rep = check_bundle(bundle, progress=not args.quiet)
+    print(rep.table())
+    for p in rep.problems[: int(cfg.max_problems)]:
+        print(f"  problem: {p}")
+    if len(rep.problems) > int(cfg.max_problems):
+        print(f"  ... and {len(rep.problems) - int(cfg.max_problems)} more (see summary.json)")
+    write_json(run.path / "summary.json", rep.to_dict())
+    if rep.problems:
+        raise DataError(f"data check found {len(rep.problems)} problem(s) in {bundle.name}; first: {rep.problems[0]}")
+    return {"data": bundle.name, "labeled": rep.labeled, "unlabeled": rep.unlabeled, "problems": 0}
+
+
+def preview(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+    bundle = build_data(cfg.data)
+    split, n = str(cfg.split), int(cfg.n)
+    if n < 1:
+        raise ConfigError(f"n={n}: the preview needs at least one sample")
+    tf = build_transform(data_size(cfg.data), train=False)
+    if split == "unlabeled":
+        if bundle.unlabeled is None:
+            raise DataError(f"data set {bundle.name} has no unlabeled images")
+        ids = bundle.unlabeled.ids
+    else:
+        if split not in bundle.splits:
+            raise ConfigError(f"split={split}: expected one of {', '.join([*bundle.splits, 'unlabeled'])}")
+        ids = bundle.splits[split]
+        if not ids:
+            raise DataError(f"split '{split}' of {bundle.name} is empty")
+    chosen = sorted(random.Random(int(cfg.seed)).sample(list(ids), min(n, len(ids))))
+    rows, cols = [], 8
+    cells = []
+    for id_ in chosen:
+        if split == "unlabeled":
+            cells.append(tf(image=bundle.unlabeled.image(id_))["image"])
+            continue
+        src = bundle.labeled
+        out = tf(image=src.image(id_), mask=src.mask(id_))
+        img, mask = out["image"], out["mask"]
+        cells.append(overlay(img, mask, src.num_classes, float(cfg.alpha), src.ignore_index))
+        cells.append(colorize(mask, src.num_classes, src.ignore_index))
+    for k in range(0, len(cells), cols):
+        rows.append(cells[k:k + cols])
+    path = save_grid(run.path / "preview.png", rows,
+                     titles=None if split == "unlabeled" else ["overlay", "mask"] * (cols // 2),
+                     class_names=None if split == "unlabeled" else bundle.class_names,
+                     suptitle=f"{bundle.name} / {split}: {len(chosen)} samples")
+    log.info("wrote %s", path)
+    write_json(run.path / "ids.json", chosen)
+    return {"data": bundle.name, "split": split, "ids": chosen, "preview": path.name}

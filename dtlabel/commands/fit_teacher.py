@@ -1,0 +1,85 @@
+"""``dtlabel fit-teacher``: train a DDPM teacher on the unlabeled pool (diffusers format out)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from dtlabel import dist
+from dtlabel.data import build_data, data_size
+from dtlabel.data.folder import ConcatImageSource, SubsetImageSource
+from dtlabel.data.transforms import ImageDataset, build_transform
+from dtlabel.device import select_device
+from dtlabel.errors import DataError
+from dtlabel.report import save_curve, save_grid
+from dtlabel.runs import Run
+from dtlabel.teachers.fit import fit_ddpm
+
+log = logging.getLogger(__name__)
+
+
+def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+    device = dist.init_from_env(select_device(cfg.device))
+    bundle = build_data(cfg.data)
+    fit = cfg.fit
+    size = tuple(int(s) for s in fit.size) if fit.get("size") else data_size(cfg.data)
+    source = bundle.unlabeled
+    if fit.include_labeled and bundle.labeled is not None and bundle.splits.get("train"):
+        have = set(source.ids) if source is not None else set()
+        extra = [i for i in bundle.splits["train"] if f"labeled/{i}" not in have]
+        if extra:
+            lab = SubsetImageSource(bundle.labeled, extra, prefix="labeled/")
+            source = lab if source is None else ConcatImageSource([source, lab])
+    if source is None or len(source) == 0:
+        raise DataError(f"data set {bundle.name} has no images to train a teacher on; pass --images DIR")
+    images = ImageDataset(source, None, build_transform(size, train=False))
+    log.info("training on %d images at %dx%d (HxW)", len(images), *size)
+    result = fit_ddpm(images, run.path, fit, size, device, int(cfg.seed), str(cfg.amp), int(cfg.num_workers),
+                      progress=not args.quiet)
+    desc: dict[str, Any] = {
+        "teacher": "teacher", "family": "ddpm", "size": list(size), "steps": result.steps,
+        "steps_planned": int(fit.steps), "stopped_early": result.stopped_early,
+        "final_loss": round(result.final_loss, 6), "images_per_second": round(result.images_per_second, 3),
+        "data": bundle.name, "num_images": len(images),
+    }
+    if dist.is_main():
+        _loss_curve(run.path)
+        if int(fit.sample_n) > 0:
+            _sample_grid(run.path, result.teacher_dir, int(fit.sample_n), int(fit.sample_steps), int(cfg.seed), device)
+    dist.cleanup()
+    return desc
+
+
+def _loss_curve(path: Path) -> None:
+    f = path / "metrics.jsonl"
+    if not f.is_file():
+        return
+    recs = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+    if recs:
+        x = [r["step"] for r in recs]
+        save_curve(path / "loss.png", {"loss": (x, [r["loss"] for r in recs]), "smoothed": (x, [r["loss_ema"] for r in recs])},
+                   "step", "MSE (noise prediction)", title="fit-teacher loss", logy=True)
+
+
+@torch.no_grad()
+def _sample_grid(path: Path, teacher_dir: Path, n: int, steps: int, seed: int, device: torch.device) -> None:
+    """Sample ``n`` images with DDIM from the exported teacher (plain diffusers, as a user would)."""
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(teacher_dir / "unet").to(device)
+    sched = DDIMScheduler.from_pretrained(teacher_dir / "scheduler")
+    pipe = DDIMPipeline(unet=unet, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    imgs = pipe(batch_size=n, generator=gens, num_inference_steps=steps, output_type="np").images
+    imgs = (np.clip(imgs, 0, 1) * 255).round().astype(np.uint8)
+    cols = 8 if n >= 8 else n
+    rows = [list(imgs[k:k + cols]) for k in range(0, n, cols)]
+    save_grid(path / "samples.png", rows, suptitle=f"teacher samples (DDIM, {steps} steps)")

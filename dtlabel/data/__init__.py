@@ -1,0 +1,117 @@
+"""Data sets as a config group: ``data=<name> data.root=PATH``.
+
+``build_data(cfg.data)`` returns a :class:`DataBundle` (labeled source, unlabeled source, splits).
+Kinds: ``folder`` (images/ + masks/; also ccp and camvid), ``images`` (unlabeled folder only),
+``coco`` (instance or panoptic json), ``default`` (the generated default data set).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from dtlabel.data.base import DataBundle, ImageSource, LabeledSource
+from dtlabel.data.splits import choose_labels, resolve_split
+from dtlabel.errors import ConfigError, DataError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DataBundle", "ImageSource", "LabeledSource", "build_data", "choose_labels", "DATA_KINDS"]
+
+
+def _root(cfg: DictConfig) -> Path:
+    try:
+        root = cfg.root
+    except MissingMandatoryValue:
+        raise ConfigError(f"data={cfg.get('name', '?')} needs data.root=PATH (the data set folder)") from None
+    if root is None or str(root) == "":
+        raise ConfigError(f"data={cfg.get('name', '?')} needs data.root=PATH (the data set folder)")
+    path = Path(str(root)).expanduser()
+    if not path.exists():
+        raise DataError(f"data.root not found: {path}; pass data.root=PATH to an existing folder")
+    if not path.is_dir():
+        raise DataError(f"data.root is not a folder: {path}")
+    return path
+
+
+def _build_folder(cfg: DictConfig) -> DataBundle:
+    from dtlabel.data.folder import ConcatImageSource, FolderImageSource, FolderLabeledSource, SubsetImageSource, load_class_names
+
+    root = _root(cfg)
+    names, ignore_from_file = load_class_names(root, cfg.get("classes"), cfg.get("classes_key", "classes"))
+    ignore = int(cfg.ignore_index if cfg.get("ignore_index") is not None else (ignore_from_file or 255))
+    labeled = FolderLabeledSource(root, cfg.images, cfg.masks, names, ignore, recursive=bool(cfg.get("recursive", False)))
+    splits = _splits(cfg, labeled, root)
+    sources: list[ImageSource] = []
+    extra = [root / d for d in (cfg.get("unlabeled") or [])]
+    if extra:
+        sources.append(FolderImageSource(extra))
+    for split in cfg.get("unlabeled_splits") or []:
+        if splits.get(split):
+            sources.append(SubsetImageSource(labeled, splits[split], prefix="labeled/"))
+    unlabeled = sources[0] if len(sources) == 1 else (ConcatImageSource(sources) if sources else None)
+    return DataBundle(name=str(cfg.name), labeled=labeled, unlabeled=unlabeled, splits=splits)
+
+
+def _splits(cfg: DictConfig, labeled: LabeledSource, root: Path) -> dict[str, list[str]]:
+    spec = cfg.get("splits") or {}
+    splits = {name: resolve_split(spec.get(name), labeled.ids, root, name) for name in ("train", "val", "test")}
+    if not spec.get("train"):
+        taken = set(splits["val"]) | set(splits["test"])
+        splits["train"] = [i for i in labeled.ids if i not in taken]
+    overlap = set(splits["train"]) & set(splits["test"])
+    if overlap:
+        raise DataError(f"train and test splits share {len(overlap)} ids (e.g. '{sorted(overlap)[0]}'); fix data.splits")
+    return splits
+
+
+def _build_images(cfg: DictConfig) -> DataBundle:
+    from dtlabel.data.folder import FolderImageSource
+
+    root = _root(cfg)
+    return DataBundle(name=str(cfg.name), labeled=None, unlabeled=FolderImageSource([root]), splits={})
+
+
+def _build_default(cfg: DictConfig) -> DataBundle:
+    from dtlabel.data.generated import build_default
+
+    return build_default(int(cfg.seed), int(cfg.n_unlabeled), int(cfg.n_labeled), int(cfg.n_val),
+                         int(cfg.n_test), list(cfg.size))
+
+
+def _build_coco(cfg: DictConfig) -> DataBundle:
+    from dtlabel.data.coco import build_coco
+
+    return build_coco(cfg, _root(cfg))
+
+
+DATA_KINDS: dict[str, Callable[[DictConfig], DataBundle]] = {
+    "folder": _build_folder,
+    "images": _build_images,
+    "default": _build_default,
+    "coco": _build_coco,
+}
+
+
+def build_data(cfg: DictConfig) -> DataBundle:
+    """Build the data set described by the ``data`` config group."""
+    kind = str(cfg.get("kind", "folder"))
+    if kind not in DATA_KINDS:
+        raise ConfigError(f"unknown data.kind '{kind}'{did_you_mean(kind, DATA_KINDS)}; available: {', '.join(DATA_KINDS)}")
+    bundle = DATA_KINDS[kind](cfg)
+    log.info("data %s: %d labeled, %d unlabeled; splits %s", bundle.name,
+             len(bundle.labeled) if bundle.labeled else 0, len(bundle.unlabeled) if bundle.unlabeled else 0,
+             {k: len(v) for k, v in bundle.splits.items()})
+    return bundle
+
+
+def data_size(cfg: DictConfig) -> tuple[int, int]:
+    """The working resolution ``(H, W)`` of the data config."""
+    size = OmegaConf.to_container(cfg.size) if cfg.get("size") is not None else None
+    if not size or len(size) != 2 or any(int(s) < 8 for s in size):  # type: ignore[arg-type]
+        raise ConfigError(f"data.size must be [H, W] with both >= 8, got {size}")
+    return int(size[0]), int(size[1])  # type: ignore[index]

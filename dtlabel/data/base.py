@@ -1,0 +1,71 @@
+"""The data-source interface every data set implements (folders, COCO, the generated default).
+
+A *source* is an indexable collection of samples named by string ids. Pixels come out as numpy
+arrays: images ``(H, W, 3) uint8 RGB``, masks ``(H, W)`` integer class ids (``ignore_index`` marks
+unlabeled pixels). Sources do no resizing or augmentation; ``dtlabel.data.transforms`` does.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class ImageSource(ABC):
+    """Images without labels, addressed by id."""
+
+    @property
+    @abstractmethod
+    def ids(self) -> list[str]:
+        """All sample ids, in a stable (sorted) order."""
+
+    @abstractmethod
+    def image(self, id_: str) -> np.ndarray:
+        """Return image ``id_`` as ``(H, W, 3) uint8`` RGB. Raises ``DataError`` if unreadable."""
+
+    def describe(self, id_: str) -> str:
+        """Where sample ``id_`` comes from (a file path for folders), for error messages."""
+        return id_
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class LabeledSource(ImageSource):
+    """Images with semantic masks."""
+
+    class_names: list[str]
+    ignore_index: int = 255
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @abstractmethod
+    def mask(self, id_: str) -> np.ndarray:
+        """Return mask ``id_`` as ``(H, W)`` integer class ids (uint8 or int64)."""
+
+
+@dataclass
+class DataBundle:
+    """Everything a command needs from one data set.
+
+    ``labeled`` holds every labeled sample; ``splits`` maps a split name (``train``, ``val``,
+    ``test``) to a list of ids of ``labeled``. ``unlabeled`` is the pool for teachers and
+    pseudo-labels (may be ``None``).
+    """
+
+    name: str
+    labeled: LabeledSource | None
+    unlabeled: ImageSource | None
+    splits: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.labeled.class_names if self.labeled is not None else []
+
+    @property
+    def ignore_index(self) -> int:
+        return self.labeled.ignore_index if self.labeled is not None else 255

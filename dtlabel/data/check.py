@@ -1,0 +1,105 @@
+"""``dtlabel data check``: validate every sample of a data set and summarise it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from dtlabel.data.base import DataBundle
+from dtlabel.data.transforms import check_pair
+from dtlabel.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckReport:
+    name: str
+    labeled: int = 0
+    unlabeled: int = 0          # unlabeled images that are not also labeled
+    pool: int = 0               # the unlabeled pool as the teacher sees it (may include labeled RGB)
+    splits: dict[str, int] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    pixel_share: list[float] = field(default_factory=list)     # fraction of labeled pixels per class
+    image_share: list[float] = field(default_factory=list)     # fraction of images containing the class
+    ignored_share: float = 0.0
+    sizes: dict[str, int] = field(default_factory=dict)         # "WxH" -> count (most common first)
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+    def table(self) -> str:
+        pool = f" (unlabeled pool {self.pool}, with labeled images' RGB)" if self.pool != self.unlabeled else ""
+        lines = [f"data set {self.name}: {self.labeled} labeled, {self.unlabeled} unlabeled images{pool}",
+                 "splits: " + ", ".join(f"{k} {v}" for k, v in self.splits.items())]
+        if self.sizes:
+            top = list(self.sizes.items())[:3]
+            lines.append("image sizes (WxH): " + ", ".join(f"{s} x{n}" for s, n in top)
+                         + (f", ... ({len(self.sizes)} distinct)" if len(self.sizes) > 3 else ""))
+        if self.class_names:
+            lines.append(f"{'id':>3}  {'class':<20} {'pixels %':>9} {'images %':>9}")
+            for i, n in enumerate(self.class_names):
+                lines.append(f"{i:>3}  {n:<20} {100 * self.pixel_share[i]:>9.2f} {100 * self.image_share[i]:>9.1f}")
+            lines.append(f"ignored pixels: {100 * self.ignored_share:.2f}%")
+        lines.append(f"problems: {len(self.problems)}")
+        return "\n".join(lines)
+
+
+def check_bundle(bundle: DataBundle, progress: bool = True) -> CheckReport:
+    """Read every image and mask once; count classes and collect problems (never stops early)."""
+    rep = CheckReport(name=bundle.name, splits={k: len(v) for k, v in bundle.splits.items()})
+    sizes: dict[str, int] = {}
+    src = bundle.labeled
+    if src is not None:
+        rep.class_names = list(src.class_names)
+        c = src.num_classes
+        pix = np.zeros(c, dtype=np.int64)
+        imgs = np.zeros(c, dtype=np.int64)
+        ignored = total = 0
+        for id_ in tqdm(src.ids, desc="labeled", disable=not progress, leave=False):
+            try:
+                image, mask = src.image(id_), src.mask(id_)
+                check_pair(image, mask, c, src.ignore_index, src.describe(id_))
+            except DataError as exc:
+                rep.problems.append(str(exc))
+                continue
+            key = f"{image.shape[1]}x{image.shape[0]}"
+            sizes[key] = sizes.get(key, 0) + 1
+            counts = np.bincount(mask[mask != src.ignore_index].ravel().astype(np.int64), minlength=c)[:c]
+            pix += counts
+            imgs += counts > 0
+            ignored += int((mask == src.ignore_index).sum())
+            total += mask.size
+        rep.labeled = len(src)
+        rep.pixel_share = (pix / max(1, pix.sum())).round(6).tolist()
+        rep.image_share = (imgs / max(1, len(src))).round(6).tolist()
+        rep.ignored_share = round(ignored / max(1, total), 6)
+        for i in getattr(src, "unmatched_images", []):
+            rep.problems.append(f"image without mask: {src.describe(i)}")
+        for i in getattr(src, "unmatched_masks", []):
+            rep.problems.append(f"mask without image: {i}")
+        for i, n in enumerate(rep.class_names):
+            if rep.image_share and rep.image_share[i] == 0:
+                rep.problems.append(f"class {i} '{n}' never appears in any mask")
+    if bundle.unlabeled is not None:
+        labeled_ids = set(src.ids) if src is not None else set()
+        n_from_labeled = 0
+        for id_ in tqdm(bundle.unlabeled.ids, desc="unlabeled", disable=not progress, leave=False):
+            if id_.startswith("labeled/") and id_[len("labeled/"):] in labeled_ids:
+                n_from_labeled += 1
+                continue  # the labeled pool's RGB was read above
+            try:
+                image = bundle.unlabeled.image(id_)
+            except DataError as exc:
+                rep.problems.append(str(exc))
+                continue
+            key = f"{image.shape[1]}x{image.shape[0]}"
+            sizes[key] = sizes.get(key, 0) + 1
+        rep.pool = len(bundle.unlabeled)
+        rep.unlabeled = rep.pool - n_from_labeled
+    rep.sizes = dict(sorted(sizes.items(), key=lambda kv: -kv[1]))
+    return rep

@@ -1,0 +1,201 @@
+"""Folder data sets: ``images/`` + ``masks/`` (PNG index masks, same stem), and unlabeled folders."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dtlabel.data.base import ImageSource, LabeledSource
+from dtlabel.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode ``path`` to ``(H, W, 3) uint8`` RGB; a corrupt or unreadable file raises DataError."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc.__class__.__name__}; re-export or remove the file") from None
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Decode a single-channel index PNG to ``(H, W)`` integers (uint8 or int32)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("L", "P"):
+                return np.asarray(im, dtype=np.uint8).copy()
+            if im.mode in ("I", "I;16", "I;16B", "I;16L"):
+                return np.asarray(im).astype(np.int32)
+            raise DataError(
+                f"mask {path} has mode {im.mode}; expected a single-channel index PNG (mode L or P) of class ids"
+            )
+    except FileNotFoundError:
+        raise DataError(f"mask not found: {path}") from None
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read mask {path}: {exc.__class__.__name__}; re-export or remove the file") from None
+
+
+def list_images(root: Path, recursive: bool = True) -> list[Path]:
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in root.glob(pattern) if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                  and not p.name.startswith("."))
+
+
+def load_class_names(root: Path, classes: Sequence[str] | None, key: str = "classes") -> tuple[list[str], int | None]:
+    """Class names from the config, or from ``root/classes.json`` (a list, or a dict with ``key``).
+
+    Returns ``(names, ignore_index or None)``.
+    """
+    if classes:
+        return [str(c) for c in classes], None
+    path = root / "classes.json"
+    if not path.is_file():
+        raise DataError(f"no class names for {root}: add classes.json (a list of names) or set data.classes=[...]")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    if isinstance(data, list):
+        return [str(c) for c in data], None
+    if isinstance(data, dict) and isinstance(data.get(key), list):
+        ignore = data.get("ignore_index")
+        return [str(c) for c in data[key]], (int(ignore) if ignore is not None else None)
+    keys = ", ".join(k for k, v in data.items() if isinstance(v, list)) if isinstance(data, dict) else ""
+    raise DataError(f"{path} has no list '{key}' of class names (lists found: {keys or 'none'}); set data.classes_key")
+
+
+class FolderLabeledSource(LabeledSource):
+    """``root/images/<stem>.<ext>`` with ``root/masks/<stem>.png``. Ids are stems."""
+
+    def __init__(self, root: Path, images: str = "images", masks: str = "masks", class_names: Sequence[str] = (),
+                 ignore_index: int = 255, recursive: bool = False) -> None:
+        self.root = Path(root)
+        self.image_dir = self.root / images
+        self.mask_dir = self.root / masks
+        for what, d in (("images", self.image_dir), ("masks", self.mask_dir)):
+            if not d.is_dir():
+                raise DataError(f"{what} folder not found: {d}; a labeled folder needs {images}/ and {masks}/ "
+                                f"(set data.images / data.masks if they are named differently)")
+        self.class_names = list(class_names)
+        self.ignore_index = int(ignore_index)
+        self._images: dict[str, Path] = {}
+        for p in list_images(self.image_dir, recursive):
+            stem = p.relative_to(self.image_dir).with_suffix("").as_posix()
+            self._images.setdefault(stem, p)
+        self._masks = {p.relative_to(self.mask_dir).with_suffix("").as_posix(): p
+                       for p in list_images(self.mask_dir, recursive) if p.suffix.lower() == ".png"}
+        self.unmatched_images = sorted(set(self._images) - set(self._masks))
+        self.unmatched_masks = sorted(set(self._masks) - set(self._images))
+        self._ids = sorted(set(self._images) & set(self._masks))
+        if not self._ids:
+            raise DataError(f"no image/mask pairs in {self.root}: {len(self._images)} images in {self.image_dir}, "
+                            f"{len(self._masks)} PNG masks in {self.mask_dir}, none with the same stem")
+        if self.unmatched_images:
+            log.warning("%d images in %s have no mask (e.g. %s); they are skipped",
+                        len(self.unmatched_images), self.image_dir, self.unmatched_images[0])
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def describe(self, id_: str) -> str:
+        return str(self._images.get(id_, id_))
+
+    def image(self, id_: str) -> np.ndarray:
+        return read_image(self._images[id_])
+
+    def mask(self, id_: str) -> np.ndarray:
+        return read_mask(self._masks[id_])
+
+    def mask_path(self, id_: str) -> Path:
+        return self._masks[id_]
+
+
+class FolderImageSource(ImageSource):
+    """Any images under one or more folders (recursive). Ids are paths relative to their folder,
+    prefixed with the folder's name when there are several folders."""
+
+    def __init__(self, roots: Sequence[Path], recursive: bool = True) -> None:
+        self.roots = [Path(r) for r in roots]
+        self._files: dict[str, Path] = {}
+        for root in self.roots:
+            if not root.is_dir():
+                raise DataError(f"image folder not found: {root}")
+            prefix = f"{root.name}/" if len(self.roots) > 1 else ""
+            for p in list_images(root, recursive):
+                self._files[prefix + p.relative_to(root).as_posix()] = p
+        if not self._files:
+            exts = "/".join(e.lstrip(".") for e in IMAGE_EXTS[:4])
+            raise DataError(f"no images ({exts}) found in {', '.join(map(str, self.roots))}")
+        self._ids = sorted(self._files)
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def describe(self, id_: str) -> str:
+        return str(self._files[id_])
+
+    def image(self, id_: str) -> np.ndarray:
+        return read_image(self._files[id_])
+
+    def path(self, id_: str) -> Path:
+        return self._files[id_]
+
+
+class SubsetImageSource(ImageSource):
+    """The images of some ids of another source (e.g. the labeled training pool's RGB)."""
+
+    def __init__(self, source: ImageSource, ids: Sequence[str], prefix: str = "") -> None:
+        self.source = source
+        self.prefix = prefix
+        self._map = {prefix + i: i for i in ids}
+        self._ids = sorted(self._map)
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def describe(self, id_: str) -> str:
+        return self.source.describe(self._map[id_])
+
+    def image(self, id_: str) -> np.ndarray:
+        return self.source.image(self._map[id_])
+
+
+class ConcatImageSource(ImageSource):
+    """Several image sources as one; ids must not collide (give sources distinct prefixes)."""
+
+    def __init__(self, sources: Sequence[ImageSource]) -> None:
+        self._owner: dict[str, ImageSource] = {}
+        for s in sources:
+            for i in s.ids:
+                self._owner[i] = s
+        self._ids = sorted(self._owner)
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def describe(self, id_: str) -> str:
+        return self._owner[id_].describe(id_)
+
+    def image(self, id_: str) -> np.ndarray:
+        return self._owner[id_].image(id_)

@@ -1,0 +1,98 @@
+"""Splits (id lists, id ranges, list files) and the deterministic choice of N training labels."""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dtlabel.data.base import LabeledSource
+from dtlabel.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+
+
+def resolve_split(spec: object, ids: Sequence[str], root: Path | None, name: str) -> list[str]:
+    """Turn a split spec into ids of ``ids``.
+
+    ``spec`` is a list of ids, a string of numeric ranges and ids (``"0001-0804"``,
+    ``"1-10,15"``), or a path to a text file with one id per line (relative to ``root``).
+    """
+    available = set(ids)
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        path = Path(spec) if Path(spec).is_absolute() or root is None else root / spec
+        if spec.endswith(".txt") or path.is_file():
+            if not path.is_file():
+                raise DataError(f"split '{name}': list file not found: {path}")
+            wanted = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        else:
+            wanted = []
+            for part in spec.split(","):
+                m = _RANGE.match(part)
+                if m:
+                    lo, hi = int(m.group(1)), int(m.group(2))
+                    if lo > hi:
+                        raise ConfigError(f"split '{name}': range {part.strip()} is empty (start > end)")
+                    wanted.extend(i for i in ids if i.isdigit() and lo <= int(i) <= hi)
+                elif part.strip():
+                    wanted.append(part.strip())
+    else:
+        wanted = [str(i) for i in spec]  # type: ignore[union-attr]
+    missing = [i for i in wanted if i not in available]
+    if missing:
+        raise DataError(f"split '{name}': {len(missing)} ids not in the data set (e.g. '{missing[0]}')")
+    if not wanted:
+        raise DataError(f"split '{name}' selects no images: {spec!r}")
+    return sorted(dict.fromkeys(wanted))
+
+
+def class_presence(source: LabeledSource, ids: Sequence[str]) -> np.ndarray:
+    """``(len(ids), num_classes)`` bool: which classes appear in each image's mask."""
+    c = source.num_classes
+    out = np.zeros((len(ids), c), dtype=bool)
+    for k, i in enumerate(ids):
+        m = source.mask(i)
+        vals = np.unique(m)
+        vals = vals[(vals >= 0) & (vals < c)]
+        out[k, vals] = True
+    return out
+
+
+def choose_labels(source: LabeledSource, pool: Sequence[str], n: int, seed: int = 0) -> list[str]:
+    """Choose ``n`` ids of ``pool`` deterministically, covering rare classes first.
+
+    The pool is shuffled with ``seed``; classes are visited from the rarest (fewest images) to the
+    most common, and for each class not yet covered the first shuffled image containing it is
+    taken; the rest is filled in shuffled order. Same inputs -> same ids, sorted.
+    """
+    pool = sorted(pool)
+    if n < 1 or n > len(pool):
+        raise ConfigError(f"--labels {n}: must be between 1 and the training pool size {len(pool)}")
+    order = list(pool)
+    random.Random(seed).shuffle(order)
+    presence = class_presence(source, order)
+    chosen: list[int] = []
+    covered = np.zeros(presence.shape[1], dtype=bool)
+    counts = presence.sum(0)
+    for c in np.argsort(counts, kind="stable"):
+        if len(chosen) >= n:
+            break
+        if counts[c] == 0 or covered[c]:
+            continue
+        k = int(np.flatnonzero(presence[:, c])[0])
+        if k not in chosen:
+            chosen.append(k)
+            covered |= presence[k]
+    for k in range(len(order)):
+        if len(chosen) >= n:
+            break
+        if k not in chosen:
+            chosen.append(k)
+    return sorted(order[k] for k in chosen)

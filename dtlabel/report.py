@@ -1,0 +1,123 @@
+"""Pictures a person would rather look at than read: overlays, grids, per-class bars, curves."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from dtlabel.io import atomic_path  # noqa: E402
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """``(num_classes, 3) uint8`` colours; class 0 (background) is black, the rest distinct."""
+    base = np.array([
+        [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+        [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128],
+        [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0], [170, 255, 195], [128, 128, 0],
+        [255, 215, 180], [0, 0, 128], [128, 128, 128]], dtype=np.uint8)
+    if num_classes <= len(base):
+        return base[:num_classes]
+    rng = np.random.default_rng(0)
+    extra = rng.integers(40, 256, size=(num_classes - len(base), 3), dtype=np.uint8)
+    return np.concatenate([base, extra])
+
+
+def colorize(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """``(H, W)`` class ids -> ``(H, W, 3) uint8``; ignored pixels are white."""
+    pal = palette(num_classes)
+    out = np.full(mask.shape + (3,), 255, dtype=np.uint8)
+    valid = (mask >= 0) & (mask < num_classes) & (mask != ignore_index)
+    out[valid] = pal[mask[valid].astype(np.int64)]
+    return out
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.5,
+            ignore_index: int = 255) -> np.ndarray:
+    """Blend the coloured mask over ``image (H, W, 3) uint8``; background (class 0) stays clear."""
+    col = colorize(mask, num_classes, ignore_index).astype(np.float32)
+    img = image.astype(np.float32)
+    a = np.where((mask > 0)[..., None], alpha, 0.0)
+    return (img * (1 - a) + col * a).clip(0, 255).astype(np.uint8)
+
+
+def _save_fig(fig, path: Path) -> Path:  # noqa: ANN001
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def save_grid(path: str | Path, rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None,
+              class_names: Sequence[str] | None = None, suptitle: str | None = None, cell: float = 1.6) -> Path:
+    """Save a grid of images (each row a list of ``(H, W, 3) uint8``) with an optional class legend."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    nr, nc = len(rows), max(len(r) for r in rows)
+    h, w = rows[0][0].shape[:2]
+    fig, axes = plt.subplots(nr, nc, figsize=(nc * cell * w / max(h, w) + 0.2, nr * cell * h / max(h, w) + 0.6),
+                             squeeze=False, dpi=110)
+    for r, row in enumerate(rows):
+        for c in range(nc):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                ax.imshow(row[c], interpolation="nearest")
+                if titles and r == 0 and c < len(titles):
+                    ax.set_title(titles[c], fontsize=7)
+    if class_names:
+        pal = palette(len(class_names)) / 255.0
+        fig.legend(handles=[Patch(color=pal[i], label=n) for i, n in enumerate(class_names)],
+                   loc="lower center", ncol=min(len(class_names), 6), fontsize=7, frameon=False)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout(rect=(0, 0.06 if class_names else 0, 1, 1))
+    return _save_fig(fig, Path(path))
+
+
+def save_curve(path: str | Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
+               ylabel: str, title: str = "", logy: bool = False) -> Path:
+    """Line plot of named ``(x, y)`` series."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for name, (x, y) in series.items():
+        ax.plot(x, y, label=name, lw=1.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title, fontsize=9)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save_fig(fig, Path(path))
+
+
+def save_bars(path: str | Path, names: Sequence[str], values: Sequence[float], title: str = "",
+              ylabel: str = "IoU (%)") -> Path:
+    """Per-class bar chart (e.g. IoU), values in the unit of ``ylabel``."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(names) + 1.5), 3.4), dpi=110)
+    pal = palette(len(names)) / 255.0
+    colors = [pal[i] if pal[i].sum() > 0 else (0.4, 0.4, 0.4) for i in range(len(names))]
+    bars = ax.bar(range(len(names)), values, color=colors, edgecolor="black", lw=0.5)
+    for b, v in zip(bars, values):
+        ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{v:.1f}", ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save_fig(fig, Path(path))

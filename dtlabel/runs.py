@@ -1,0 +1,100 @@
+"""Run folders: every command writes one, and reads earlier commands' run folders as inputs.
+
+A run folder holds the resolved ``config.yaml``, ``<command>.log``, the command's artifacts and a
+descriptor ``run.json`` written last and atomically. A folder without ``run.json`` is incomplete:
+later commands refuse it, and the same command continues it with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from dtlabel import __version__
+from dtlabel.config import to_yaml
+from dtlabel.errors import RunError
+from dtlabel.io import write_json, write_text
+
+DESCRIPTOR = "run.json"
+log = logging.getLogger(__name__)
+
+
+def default_out(command: str, root: str | Path = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / command / stamp
+    n = 1
+    while path.exists():  # two runs in the same second
+        n += 1
+        path = Path(root) / command / f"{stamp}-{n}"
+    return path
+
+
+@dataclass
+class Run:
+    """An open run folder of ``command``."""
+
+    command: str
+    path: Path
+    cfg: DictConfig
+    resumed: bool = False
+
+    @classmethod
+    def open(cls, command: str, cfg: DictConfig, out: str | Path | None, resume: bool = False) -> "Run":
+        """Create (or, with ``resume``, reopen) the run folder and write ``config.yaml``."""
+        path = Path(out) if out else default_out(command)
+        resumed = False
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--out {path} is a file; pass a folder path")
+        if path.is_dir() and any(path.iterdir()):
+            desc = path / DESCRIPTOR
+            if not resume:
+                state = "a finished run" if desc.exists() else "an unfinished run"
+                raise RunError(
+                    f"--out {path} already holds {state}; pass --resume to continue it or choose another --out"
+                )
+            if desc.exists():
+                prev = json.loads(desc.read_text())
+                if prev.get("command") != command:
+                    raise RunError(f"--resume: {path} is a '{prev.get('command')}' run, not '{command}'")
+            resumed = True
+        path.mkdir(parents=True, exist_ok=True)
+        write_text(path / "config.yaml", to_yaml(cfg))
+        return cls(command=command, path=path, cfg=cfg, resumed=resumed)
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / f"{self.command}.log"
+
+    def finish(self, **descriptor: Any) -> Path:
+        """Write ``run.json`` (last, atomically). Keys: whatever the next command needs to check."""
+        data = {
+            "command": self.command,
+            "dtlabel_version": __version__,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **descriptor,
+        }
+        return write_json(self.path / DESCRIPTOR, data)
+
+
+def read_run(path: str | Path, command: str | tuple[str, ...], option: str) -> dict[str, Any]:
+    """Read the descriptor of a finished run folder given to ``option`` (e.g. ``--head``)."""
+    path = Path(path)
+    commands = (command,) if isinstance(command, str) else command
+    if not path.is_dir():
+        raise RunError(f"{option} {path}: folder not found; pass the run folder of 'dtlabel {commands[0]}'")
+    desc = path / DESCRIPTOR
+    if not desc.is_file():
+        raise RunError(f"{option} {path}: no {DESCRIPTOR}, the run is unfinished; rerun it with --resume")
+    try:
+        data = json.loads(desc.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{option} {path}: {DESCRIPTOR} is not valid JSON ({exc.msg})") from None
+    if data.get("command") not in commands:
+        raise RunError(f"{option} {path}: is a '{data.get('command')}' run, expected {' or '.join(commands)}")
+    return data

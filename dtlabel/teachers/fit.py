@@ -1,0 +1,254 @@
+"""Training a DDPM teacher (diffusers ``UNet2DModel`` + ``DDPMScheduler``) on unlabeled images.
+
+Deterministic and resumable: the images, flips, noise and timesteps of step ``s`` depend only on
+``(seed, s)``, and checkpoints hold the model, EMA, optimiser and schedule state, so a run resumed
+from a checkpoint ends with the same weights as an uninterrupted one. Output: a diffusers
+``DDPMPipeline`` folder that plain diffusers loads with ``DDPMPipeline.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from dtlabel import dist
+from dtlabel.device import amp_dtype, autocast
+from dtlabel.errors import ConfigError, DTLabelError
+from dtlabel.io import atomic_dir, write_text
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(DTLabelError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    teacher_dir: Path
+    steps: int
+    final_loss: float
+    images_per_second: float
+    stopped_early: bool
+
+
+def build_unet(model_cfg: DictConfig | dict, size: Sequence[int]):  # noqa: ANN201
+    """A ``UNet2DModel`` for ``size = (H, W)`` images from the ``fit.model`` config."""
+    from diffusers import UNet2DModel
+
+    kw = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+    n_down = len(kw.get("block_out_channels", ()))
+    for s in size:
+        if int(s) % (2 ** max(0, n_down - 1)):
+            raise ConfigError(f"teacher size {list(size)}: each side must be a multiple of {2 ** (n_down - 1)} "
+                              f"for a UNet with {n_down} levels; set fit.size or data.size")
+    try:
+        return UNet2DModel(sample_size=tuple(int(s) for s in size), in_channels=3, out_channels=3, **kw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid fit.model settings: {exc}") from None
+
+
+class _StreamSampler(Sampler[list[int]]):
+    """Batches of a deterministic stream: position p of the stream is image perm_{p // N}[p % N],
+    where perm_e is a permutation seeded by (seed, e). Yields this rank's share of each global batch."""
+
+    def __init__(self, n: int, batch: int, start_step: int, steps: int, seed: int, rank: int, world: int) -> None:
+        self.n, self.batch, self.start, self.steps, self.seed = n, batch, start_step, steps, seed
+        self.rank, self.world = rank, world
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            self._perms = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))}
+        return self._perms[epoch]
+
+    def batch_indices(self, step: int) -> list[int]:
+        out = []
+        for p in range(step * self.batch, (step + 1) * self.batch):
+            out.append(int(self._perm(p // self.n)[p % self.n]))
+        return out[self.rank::self.world]
+
+    def __iter__(self):  # noqa: ANN204
+        for s in range(self.start, self.steps):
+            yield self.batch_indices(s)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + rank)
+
+
+def _lr_lambda(warmup: int, total: int, min_ratio: float = 0.0):  # noqa: ANN202
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        prog = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
+    return f
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("step_*") if p.is_dir() and (p / "state.pt").is_file())
+
+
+def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], device: torch.device,
+             seed: int, amp: str = "auto", num_workers: int = 0, progress: bool = True) -> FitResult:
+    """Train on ``images`` (a dataset of ``(3, H, W)`` tensors in [-1, 1]); write ``out/teacher``.
+
+    ``cfg`` is the ``fit`` config section (steps, batch_size, lr, ... and ``model``). Checkpoints go to
+    ``out/checkpoints`` every ``checkpoint_every`` steps; an existing checkpoint is resumed.
+    """
+    from diffusers import DDPMPipeline, DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
+    steps, batch = int(cfg.steps), int(cfg.batch_size)
+    if steps < 1 or batch < 1:
+        raise ConfigError(f"fit.steps and fit.batch_size must be >= 1 (got {steps}, {batch})")
+    world, rank = dist.world_size(), dist.rank()
+    if batch % world:
+        raise ConfigError(f"fit.batch_size {batch} must be divisible by the number of processes {world}")
+    torch.manual_seed(seed)
+    unet = build_unet(cfg.model, size).to(device)
+    n_params = sum(p.numel() for p in unet.parameters())
+    scheduler = DDPMScheduler(num_train_timesteps=int(cfg.num_train_timesteps), beta_schedule=str(cfg.beta_schedule),
+                              prediction_type=str(cfg.prediction_type))
+    opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg.lr), betas=(0.9, 0.999), weight_decay=float(cfg.weight_decay))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(int(cfg.warmup_steps), steps, float(cfg.min_lr_ratio)))
+    ema = EMAModel(unet.parameters(), decay=float(cfg.ema_decay), use_ema_warmup=True, power=0.75)
+    ckpt_dir = out / "checkpoints"
+    start = 0
+    found = _checkpoints(ckpt_dir)
+    if found:
+        last = found[-1]
+        unet.load_state_dict(load_file(str(last / "unet.safetensors"), device=str(device)))
+        state = torch.load(last / "state.pt", map_location=device, weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["lr_scheduler"])
+        ema_w = load_file(str(last / "ema.safetensors"), device=str(device))
+        ema.shadow_params = [ema_w[f"p{i}"] for i in range(len(ema.shadow_params))]
+        ema.optimization_step = int(state["ema_step"])
+        start = int(state["step"])
+        log.info("resumed from %s (step %d of %d)", last, start, steps)
+    model: torch.nn.Module = unet
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(unet, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = _StreamSampler(len(images), batch, start, steps, seed, rank, world)
+    loader = DataLoader(images, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False)
+    dtype = amp_dtype(device, amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    metrics = out / "metrics.jsonl"
+    _truncate_metrics(metrics, start)
+    log.info("fit-teacher: UNet2DModel %.2fM parameters at %s, %d steps x batch %d on %s (%d process%s)",
+             n_params / 1e6, "x".join(map(str, size)), steps, batch, device, world, "es" if world > 1 else "")
+    max_seconds = float(cfg.max_minutes) * 60 if cfg.get("max_minutes") else math.inf
+    t_start = time.time()
+    seen, loss_avg, step, stopped = 0, float("nan"), start, False
+    bar = tqdm(total=steps, initial=start, desc="fit-teacher", disable=not (progress and dist.is_main()),
+               dynamic_ncols=True, smoothing=0.05)
+    model.train()
+    try:
+        for step, idx_batch in zip(range(start, steps), loader):
+            x0 = idx_batch.to(device)
+            g = _step_generator(seed, step, rank)
+            if cfg.hflip:
+                flip = torch.rand(x0.shape[0], generator=g) < 0.5
+                x0 = torch.where(flip.to(device)[:, None, None, None], x0.flip(-1), x0)
+            noise = torch.randn(x0.shape, generator=g).to(device)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=g).to(device)
+            xt = scheduler.add_noise(x0, noise, t)
+            target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+            with autocast(device, dtype):
+                pred = model(xt, t).sample
+            loss = F.mse_loss(pred.float(), target)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss.item()} at step {step}; lower fit.lr or enable fit.grad_clip")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if float(cfg.grad_clip) > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), float(cfg.grad_clip))
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            ema.step(unet.parameters())
+            seen += x0.shape[0] * world
+            lv = float(dist.all_reduce_mean(loss.detach()).item())
+            loss_avg = lv if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * lv
+            done = step + 1
+            elapsed = time.time() - t_start
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_avg:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.1f}")
+            if dist.is_main() and (done % int(cfg.log_every) == 0 or done == steps):
+                rec = {"step": done, "loss": round(lv, 6), "loss_ema": round(loss_avg, 6), "lr": sched.get_last_lr()[0],
+                       "images_per_s": round(seen / max(elapsed, 1e-9), 3), "elapsed_s": round(elapsed, 1)}
+                with open(metrics, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                log.debug("step %d loss %.5f (avg %.5f) lr %.2e", done, lv, loss_avg, rec["lr"])
+            if done % int(cfg.checkpoint_every) == 0 or done == steps:
+                _save_checkpoint(ckpt_dir, done, unet, ema, opt, sched, int(cfg.keep_checkpoints))
+            if elapsed > max_seconds and done < steps:
+                log.warning("time budget of %s minutes reached at step %d of %d; checkpointed, continue with --resume",
+                            cfg.max_minutes, done, steps)
+                _save_checkpoint(ckpt_dir, done, unet, ema, opt, sched, int(cfg.keep_checkpoints))
+                stopped = True
+                break
+    except KeyboardInterrupt:
+        if step > start:
+            _save_checkpoint(ckpt_dir, step, unet, ema, opt, sched, int(cfg.keep_checkpoints))
+        raise
+    finally:
+        bar.close()
+    done_steps = _checkpoints(ckpt_dir)[-1].name if _checkpoints(ckpt_dir) else "step_0"
+    final_step = int(done_steps.split("_")[1])
+    teacher_dir = out / "teacher"
+    if dist.is_main():
+        export = build_unet(cfg.model, size)
+        ema.copy_to(export.parameters())
+        export.eval()
+        pipe = DDPMPipeline(unet=export, scheduler=scheduler)
+        with atomic_dir(teacher_dir) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            write_text(tmp / "dtlabel_teacher.json", json.dumps(
+                {"family": "ddpm", "trained_steps": final_step, "size": [int(s) for s in size], "seed": seed}, indent=2))
+    dist.barrier()
+    elapsed = time.time() - t_start
+    return FitResult(teacher_dir, final_step, loss_avg, seen / max(elapsed, 1e-9), stopped)
+
+
+def _save_checkpoint(folder: Path, step: int, unet: torch.nn.Module, ema: Any, opt: torch.optim.Optimizer,
+                     sched: Any, keep: int) -> None:
+    if not dist.is_main():
+        return
+    target = folder / f"step_{step:07d}"
+    with atomic_dir(target) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}, str(tmp / "unet.safetensors"))
+        save_file({f"p{i}": p.detach().contiguous().cpu() for i, p in enumerate(ema.shadow_params)},
+                  str(tmp / "ema.safetensors"))
+        torch.save({"step": step, "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
+                    "ema_step": ema.optimization_step}, tmp / "state.pt")
+    for old in _checkpoints(folder)[:-max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past ``step`` (written after the checkpoint we resume from)."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    write_text(path, "".join(ln + "\n" for ln in keep))
