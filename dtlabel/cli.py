@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = compose(cmd.config_name, option_overrides(cmd, ns) + overrides)
         run = Run.open(cmd.run_name, cfg, ns.out, resume=ns.resume)
         handlers = _setup_logging(run.log_file, ns.quiet)
-        log.info("dtlabel %s %s -> %s", cmd.name, " ".join(argv[1:]), run.path)
+        log.info("dtlabel %s -> %s", " ".join(argv), run.path)
         module, func = cmd.target.split(":")
         fn = getattr(importlib.import_module(f"dtlabel.commands.{module}"), func)
         t0 = time.time()
@@ -186,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DTLabelError as exc:
         print(f"dtlabel: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
     except KeyboardInterrupt:
         print("dtlabel: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
         return 130

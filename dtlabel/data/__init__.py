@@ -43,7 +43,10 @@ def _build_folder(cfg: DictConfig) -> DataBundle:
 
     root = _root(cfg)
     names, ignore_from_file = load_class_names(root, cfg.get("classes"), cfg.get("classes_key", "classes"))
-    ignore = int(cfg.ignore_index if cfg.get("ignore_index") is not None else (ignore_from_file or 255))
+    if cfg.get("ignore_index") is not None:
+        ignore = int(cfg.ignore_index)
+    else:
+        ignore = int(ignore_from_file) if ignore_from_file is not None else 255
     labeled = FolderLabeledSource(root, cfg.images, cfg.masks, names, ignore, recursive=bool(cfg.get("recursive", False)))
     splits = _splits(cfg, labeled, root)
     sources: list[ImageSource] = []
@@ -79,6 +82,11 @@ def _build_images(cfg: DictConfig) -> DataBundle:
 def _build_default(cfg: DictConfig) -> DataBundle:
     from dtlabel.data.generated import build_default
 
+    for key in ("seed", "n_unlabeled", "n_labeled", "n_val", "n_test"):
+        if int(cfg[key]) < 0:
+            raise ConfigError(f"data.{key}={cfg[key]} must be >= 0")
+    if int(cfg.n_labeled) < 1 or int(cfg.n_test) < 1:
+        raise ConfigError("data.n_labeled and data.n_test must be >= 1 for the default data set")
     return build_default(int(cfg.seed), int(cfg.n_unlabeled), int(cfg.n_labeled), int(cfg.n_val),
                          int(cfg.n_test), list(cfg.size))
 

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import importlib.util
 import inspect
 import json
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -178,14 +181,36 @@ def load_component(cls: Any, root: Path, subfolder: str | None = None) -> Any:
             kwargs["use_safetensors"] = True
         else:
             logger.warning("no safetensors weights in %s; loading .bin weights with weights_only=True", folder)
+    if cls.__module__.startswith("diffusers") and importlib.util.find_spec("accelerate") is None:
+        kwargs["low_cpu_mem_usage"] = False  # the default needs accelerate and warns without it
     try:
-        return cls.from_pretrained(str(root), **kwargs)
+        with quiet_progress_bars():
+            return cls.from_pretrained(str(root), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(
             f"cannot load {cls.__name__} from {folder}: {first}; check that the folder was written by "
             "save_pretrained and is complete"
         ) from e
+
+
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide the diffusers / transformers loading and saving progress bars (library code prints nothing)."""
+    toggles = []
+    for mod in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            lib = importlib.import_module(mod)
+        except ImportError:
+            continue
+        if lib.is_progress_bar_enabled():
+            lib.disable_progress_bar()
+            toggles.append(lib)
+    try:
+        yield
+    finally:
+        for lib in toggles:
+            lib.enable_progress_bar()
 
 
 def _is_tokenizer(cls: Any) -> bool:
@@ -334,10 +359,10 @@ class Teacher(torch.nn.Module, ABC):
             raise ConfigError("no feature blocks: pass blocks=[...] (e.g. up_blocks.1, mid_block)")
         for b in blocks:
             if not b or b not in names:
-                top = [n for n in names if n and n.count(".") <= 1 and not n.startswith(("conv", "time"))]
+                top = [n for n in names if n == "mid_block" or re.fullmatch(r"(down|up)_blocks\.\d+", n)]
                 raise ConfigError(
                     f"unknown teacher block {b!r}; blocks are names of UNet submodules such as "
-                    f"{', '.join(top[-6:])}{did_you_mean(b, top)}"
+                    f"{', '.join(top)}{did_you_mean(b, names)}"
                 )
         if len(set(blocks)) != len(blocks):
             raise ConfigError(f"duplicate teacher blocks: {list(blocks)}")
@@ -642,7 +667,8 @@ class Teacher(torch.nn.Module, ABC):
 
     def _predict(self, x: torch.Tensor, t: torch.Tensor, guidance_scale: float) -> tuple[torch.Tensor, Any]:
         """Model prediction at ``x`` with optional classifier-free guidance (subclasses with text)."""
-        return self._unet(x, t.expand(x.shape[0]), self._condition(x.shape[0])), None
+        with self._amp_context():
+            return self._unet(x, t.expand(x.shape[0]), self._condition(x.shape[0])).float(), None
 
     @torch.no_grad()
     def sample(

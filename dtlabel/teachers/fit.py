@@ -156,7 +156,7 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
     _truncate_metrics(metrics, start)
     log.info("fit-teacher: UNet2DModel %.2fM parameters at %s, %d steps x batch %d on %s (%d process%s)",
              n_params / 1e6, "x".join(map(str, size)), steps, batch, device, world, "es" if world > 1 else "")
-    max_seconds = float(cfg.max_minutes) * 60 if cfg.get("max_minutes") else math.inf
+    max_seconds = float(cfg.max_minutes) * 60 if cfg.get("max_minutes") is not None else math.inf
     t_start = time.time()
     seen, loss_avg, step, stopped = 0, float("nan"), start, False
     bar = tqdm(total=steps, initial=start, desc="fit-teacher", disable=not (progress and dist.is_main()),

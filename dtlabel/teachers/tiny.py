@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from dtlabel.teachers.base import quiet_progress_bars
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TINY_DDPM_UNET", "build_tiny_ddpm", "build_tiny_sd", "tiny_ddpm_unet_config"]
@@ -57,7 +59,8 @@ def build_tiny_ddpm(path: str | Path, sample_size: int | tuple[int, int] = 32, s
         torch.manual_seed(seed)
         unet = UNet2DModel(**tiny_ddpm_unet_config(sample_size))
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(path, safe_serialization=True)
+    with quiet_progress_bars():
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(path, safe_serialization=True)
     logger.info("wrote tiny DDPM (%d parameters) to %s", sum(p.numel() for p in unet.parameters()), path)
     return path
 
@@ -103,18 +106,18 @@ def write_tiny_clip_vocab(folder: str | Path) -> tuple[Path, Path]:
 def build_tiny_sd(path: str | Path, sample_size: int = 64, seed: int = 0) -> Path:
     """Write a tiny random Stable-Diffusion-1.x-style folder at ``path`` and return ``path``.
 
-    Layout as on the Hub: ``model_index.json``, ``unet/`` (``UNet2DConditionModel``, 2 resolutions,
+    Layout as on the Hub: ``model_index.json``, ``unet/`` (``UNet2DConditionModel``, 3 resolutions,
     cross-attention dim 32), ``vae/`` (``AutoencoderKL``, 4 latent channels, 8x downsampling),
     ``text_encoder/`` (``CLIPTextModel``: hidden 32, 2 layers), ``tokenizer/`` (byte-level BPE
     built offline) and ``scheduler/`` (``PNDMScheduler`` with the SD 1.x betas).
-    ``sample_size`` is the image size in pixels, a multiple of 16 (latents are ``sample_size // 8``).
+    ``sample_size`` is the image size in pixels, a multiple of 32 (latents are ``sample_size // 8``).
     """
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     path = Path(path)
-    if sample_size % 16:
-        raise ValueError(f"sample_size must be a multiple of 16 for the tiny SD model, got {sample_size}")
+    if sample_size % 32:
+        raise ValueError(f"sample_size must be a multiple of 32 for the tiny SD model, got {sample_size}")
     path.mkdir(parents=True, exist_ok=True)
     vocab_file, merges_file = write_tiny_clip_vocab(path / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(str(path / "tokenizer"), model_max_length=16)
@@ -124,13 +127,13 @@ def build_tiny_sd(path: str | Path, sample_size: int = 64, seed: int = 0) -> Pat
             sample_size=sample_size // 8,
             in_channels=4,
             out_channels=4,
-            block_out_channels=(16, 32),
+            block_out_channels=(16, 16, 32),
             layers_per_block=1,
             norm_num_groups=8,
             attention_head_dim=8,
             cross_attention_dim=32,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         )
         vae = AutoencoderKL(
             in_channels=3,
@@ -174,7 +177,8 @@ def build_tiny_sd(path: str | Path, sample_size: int = 64, seed: int = 0) -> Pat
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(path, safe_serialization=True)
+    with quiet_progress_bars():
+        pipe.save_pretrained(path, safe_serialization=True)
     # keep the hand-written BPE files beside whatever the tokenizer saved (they define it offline)
     logger.info("wrote tiny Stable Diffusion to %s (tokenizer files %s, %s)", path, vocab_file.name, merges_file.name)
     return path

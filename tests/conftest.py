@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny data sets on disk and a CLI runner. Everything is small, seeded and CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def make_labeled_folder(root: Path, n: int = 12, size: tuple[int, int] = (24, 32), num_classes: int = 3,
+                        seed: int = 0, classes_json: bool = True) -> Path:
+    """``root/images/NNNN.png`` + ``root/masks/NNNN.png`` with blocky masks; ids 0001..n."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    h, w = size
+    for i in range(1, n + 1):
+        mask = np.zeros((h, w), np.uint8)
+        for c in range(1, num_classes):
+            if rng.random() < 0.8 or i == c:  # every class appears
+                y, x = rng.integers(0, h - 6), rng.integers(0, w - 6)
+                mask[y:y + 6, x:x + 6] = c
+        img = (rng.random((h, w, 3)) * 60 + mask[..., None] * 60).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / f"{i:04d}.png")
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"{i:04d}.png")
+    if classes_json:
+        (root / "classes.json").write_text(json.dumps({"classes": [f"c{k}" for k in range(num_classes)]}))
+    return root
+
+
+@pytest.fixture
+def labeled_folder(tmp_path: Path) -> Path:
+    return make_labeled_folder(tmp_path / "data")
+
+
+@pytest.fixture
+def cli(capsys):  # noqa: ANN001, ANN201
+    """Run ``dtlabel`` in-process: returns (exit code, stdout, stderr)."""
+    from dtlabel.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

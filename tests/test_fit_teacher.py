@@ -1,0 +1,124 @@
+"""fit-teacher: a tiny run, plain-diffusers loading, exact resume, SIGKILL + resume, DDP on gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ARGS = ("fit-teacher", "--preset", "tiny", "fit.steps=6", "fit.checkpoint_every=2", "fit.sample_n=2",
+        "fit.sample_steps=2", "data.size=[16,16]", "-q")
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "teacher" / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dtlabel.cli import main
+
+    out = tmp_path_factory.mktemp("fit") / "full"
+    assert main([*ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def test_outputs_and_plain_diffusers_load(full_run: Path) -> None:
+    from diffusers import DDPMPipeline
+
+    desc = json.loads((full_run / "run.json").read_text())
+    assert desc["steps"] == 6 and desc["family"] == "ddpm" and desc["size"] == [16, 16]
+    assert desc["stopped_early"] is False and desc["final_loss"] > 0
+    for name in ("config.yaml", "fit-teacher.log", "metrics.jsonl", "loss.png", "samples.png"):
+        assert (full_run / name).is_file(), name
+    steps = [json.loads(ln)["step"] for ln in (full_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+    pipe = DDPMPipeline.from_pretrained(full_run / "teacher")
+    assert pipe.unet.config.sample_size == [16, 16]
+    img = pipe(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert img.shape == (1, 16, 16, 3)
+    # at most keep_checkpoints checkpoints, each complete
+    ckpts = sorted((full_run / "checkpoints").iterdir())
+    assert [p.name for p in ckpts] == ["step_0000004", "step_0000006"]
+
+
+def test_resume_after_time_budget_matches_uninterrupted(full_run: Path, tmp_path: Path) -> None:
+    from dtlabel.cli import main
+
+    out = tmp_path / "split"
+    assert main([*ARGS, "fit.max_minutes=0", "--out", str(out)]) == 0  # stops after the first step
+    first = json.loads((out / "run.json").read_text())
+    assert first["stopped_early"] is True and first["steps"] == 1
+    assert main([*ARGS, "--resume", "--out", str(out)]) == 0
+    assert json.loads((out / "run.json").read_text())["steps"] == 6
+    assert _same(_weights(out), _weights(full_run))
+    steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]  # no duplicated metric lines
+
+
+def test_sigkill_then_resume_completes(full_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "dtlabel.cli", *ARGS, "fit.steps=400", "fit.checkpoint_every=3", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "checkpoints").glob("step_*")):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "run.json").exists()
+    done = subprocess.run([*cmd[:-2], "fit.steps=9", "--resume", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    desc = json.loads((out / "run.json").read_text())
+    assert desc["steps"] == 9
+    assert not list(out.glob(".*tmp"))  # no half-written checkpoint survives
+
+
+def test_fit_on_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from dtlabel.cli import main
+
+    folder = tmp_path / "imgs" / "nested"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        Image.new("RGB", (40, 30), (i * 40, 10, 200)).save(folder / f"{i}.jpg")
+    out = tmp_path / "run"
+    assert main([*ARGS, "fit.steps=2", "--images", str(tmp_path / "imgs"), "--out", str(out)]) == 0
+    assert json.loads((out / "run.json").read_text())["num_images"] == 5
+
+
+def test_missing_images_folder(cli, tmp_path: Path) -> None:
+    code, _, err = cli(*ARGS, "--images", tmp_path / "none", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "data.root not found" in err
+
+
+def test_bad_size_for_unet(cli, tmp_path: Path) -> None:
+    code, _, err = cli(*ARGS, "fit.size=[18,18]", "--out", tmp_path / "r")
+    assert code == 2 and "multiple of 4" in err
+
+
+def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "dtlabel.cli", *ARGS, "fit.steps=4", "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    desc = json.loads((out / "run.json").read_text())
+    assert desc["steps"] == 4
+    assert (out / "teacher" / "unet" / "diffusion_pytorch_model.safetensors").is_file()

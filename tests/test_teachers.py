@@ -1,0 +1,318 @@
+"""Tests of dtlabel.teachers on tiny random models (32 px DDPM, 64 px Stable Diffusion), CPU only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dtlabel.errors import ConfigError, ModelError
+from dtlabel.teachers import (
+    TEACHERS,
+    DDPMTeacher,
+    FeatureSpec,
+    StableDiffusionTeacher,
+    Teacher,
+    create_teacher,
+    detect_family,
+    load_teacher,
+    register_teacher,
+)
+from dtlabel.teachers.tiny import build_tiny_ddpm, build_tiny_sd
+
+SIZES = {"ddpm": 32, "stable-diffusion": 64}
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("teachers")
+    return {"ddpm": build_tiny_ddpm(root / "ddpm"), "stable-diffusion": build_tiny_sd(root / "sd")}
+
+
+@pytest.fixture(scope="module")
+def teachers(model_dirs: dict[str, Path]) -> dict[str, Teacher]:
+    return {name: load_teacher(path, timesteps=(50, 150)) for name, path in model_dirs.items()}
+
+
+def images(family: str, n: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    s = SIZES[family]
+    return torch.rand((n, 3, s, s), generator=g) * 2 - 1
+
+
+FAMILIES = pytest.mark.parametrize("family", ["ddpm", "stable-diffusion"])
+
+
+# ---------------------------------------------------------------------------- feature spec
+def test_feature_spec_round_trip() -> None:
+    spec = FeatureSpec(("a@t=50", "b@t=50"), (8, 16), (4, 8))
+    assert spec.total_channels == 24
+    assert FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert list(spec) == [("a@t=50", 8, 4), ("b@t=50", 16, 8)]
+    with pytest.raises(ConfigError, match="same length"):
+        FeatureSpec(("a",), (1, 2), (1,))
+    with pytest.raises(ConfigError, match="missing"):
+        FeatureSpec.from_dict({"names": ["a"]})
+
+
+@FAMILIES
+def test_features_match_spec(teachers: dict[str, Teacher], family: str) -> None:
+    teacher = teachers[family]
+    spec = teacher.feature_spec
+    feats = teacher.features(images(family))
+    assert tuple(feats) == spec.names
+    size = SIZES[family]
+    for (name, channels, stride), f in zip(spec, feats.values()):
+        assert f.dtype == torch.float32
+        assert tuple(f.shape) == (2, channels, size // stride, size // stride), name
+    assert all(name.endswith("@t=50+150") for name in spec.names)
+    assert len(set(spec.strides)) > 1  # multi-scale
+
+
+def test_stable_diffusion_strides_are_relative_to_the_image(teachers: dict[str, Teacher]) -> None:
+    teacher = teachers["stable-diffusion"]
+    assert teacher.latent_factor == 8
+    assert teacher.image_size == (64, 64)
+    assert teacher.feature_spec.strides == (16, 8, 8)  # 8x8 latents: up_blocks.0 at 4x4
+
+
+@FAMILIES
+def test_same_seed_same_features_other_seed_differs(teachers: dict[str, Teacher], family: str) -> None:
+    teacher, x = teachers[family], images(family)
+    a, b, c = teacher.features(x, seed=3), teacher.features(x, seed=3), teacher.features(x, seed=4)
+    for k in a:
+        assert torch.equal(a[k], b[k])
+        assert not torch.allclose(a[k], c[k])
+
+
+@FAMILIES
+def test_per_image_seeds_make_features_independent_of_the_batch(teachers: dict[str, Teacher], family: str) -> None:
+    teacher, x = teachers[family], images(family, n=3)
+    full = teacher.features(x, seed=[10, 11, 12])
+    alone = teacher.features(x[2:], seed=[12])
+    for k in full:
+        torch.testing.assert_close(full[k][2:], alone[k], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="seeds"):
+        teacher.features(x, seed=[1, 2])
+
+
+@FAMILIES
+def test_concat_over_timesteps_sums_channels(model_dirs: dict[str, Path], teachers: dict[str, Teacher], family: str) -> None:
+    concat = teachers[family]
+    split = create_teacher(family, model_dirs[family], timesteps=(50, 150), concat_timesteps=False)
+    fc, fs = concat.features(images(family)), split.features(images(family))
+    assert len(fs) == 2 * len(fc)
+    for block in concat.blocks:
+        a, b = fs[f"{block}@t=50"], fs[f"{block}@t=150"]
+        torch.testing.assert_close(fc[f"{block}@t=50+150"], torch.cat([a, b], dim=1))
+    assert split.feature_spec.total_channels == concat.feature_spec.total_channels
+    # one timestep alone gives the same map as inside a multi-timestep call (shared noise draw)
+    single = concat.features(images(family), timesteps=[50])
+    for block in concat.blocks:
+        torch.testing.assert_close(single[f"{block}@t=50"], fs[f"{block}@t=50"], atol=1e-5, rtol=1e-5)
+
+
+@FAMILIES
+def test_early_stop_and_batching_give_the_same_features(
+    model_dirs: dict[str, Path], teachers: dict[str, Teacher], family: str
+) -> None:
+    fast = create_teacher(family, model_dirs[family], timesteps=(50, 150), blocks=["up_blocks.0", "mid_block"])
+    slow = create_teacher(
+        family, model_dirs[family], timesteps=(50, 150), blocks=["up_blocks.0", "mid_block"],
+        early_stop=False, batch_timesteps=False,
+    )
+    calls = []
+    fast.unet.conv_out.register_forward_hook(lambda *a: calls.append("fast"))
+    slow.unet.conv_out.register_forward_hook(lambda *a: calls.append("slow"))
+    a, b = fast.features(images(family), seed=1), slow.features(images(family), seed=1)
+    assert calls == ["slow", "slow"]  # the early-stopped forward never reached the output conv
+    assert list(a) == ["up_blocks.0@t=50+150", "mid_block@t=50+150"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
+
+
+@FAMILIES
+def test_noise_draws_average(teachers: dict[str, Teacher], family: str) -> None:
+    teacher, x = teachers[family], images(family)
+    one, two, again = (teacher.features(x, noise_draws=d) for d in (1, 2, 2))
+    for k in one:
+        assert one[k].shape == two[k].shape
+        assert not torch.allclose(one[k], two[k])
+        assert torch.equal(two[k], again[k])
+
+
+# ---------------------------------------------------------------------------- sampling
+@FAMILIES
+def test_sample_shapes_and_per_index_determinism(teachers: dict[str, Teacher], family: str) -> None:
+    teacher = teachers[family]
+    size = SIZES[family]
+    full = teacher.sample(4, seed=7, steps=2)
+    halves = teacher.sample(4, seed=7, steps=2, batch_size=2)
+    alone = teacher.sample(1, seed=10, steps=2)  # sample 3 of seed 7 uses seed 10
+    assert full.images.shape == (4, 3, size, size)
+    assert full.seeds == [7, 8, 9, 10]
+    assert full.images.min() >= -1 and full.images.max() <= 1
+    torch.testing.assert_close(full.images[3], halves.images[3], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(full.images[3:], alone.images, atol=1e-4, rtol=1e-4)
+    assert full.features is not None and alone.features is not None
+    assert tuple(full.features) == teacher.feature_spec.names
+    for k, f in full.features.items():
+        torch.testing.assert_close(f[3:], alone.features[k], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(full.images[0], full.images[1])
+    assert teacher.sample(2, steps=1, return_features=False).features is None
+
+
+@FAMILIES
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm"])
+def test_other_samplers_are_deterministic(model_dirs: dict[str, Path], family: str, sampler: str) -> None:
+    teacher = create_teacher(family, model_dirs[family], sampler=sampler)
+    a = teacher.sample(2, seed=1, steps=2, return_features=False)
+    b = teacher.sample(2, seed=1, steps=2, batch_size=1, return_features=False)
+    torch.testing.assert_close(a.images, b.images, atol=1e-4, rtol=1e-4)
+
+
+@FAMILIES
+def test_capture_mode_features_match_spec(model_dirs: dict[str, Path], family: str) -> None:
+    kwargs = {"prompt": "a cat", "guidance_scale": 2.0} if family == "stable-diffusion" else {}
+    teacher = create_teacher(family, model_dirs[family], timesteps=(50, 900), sample_features="capture", **kwargs)
+    out = teacher.sample(2, seed=0, steps=3)
+    size = SIZES[family]
+    assert out.features is not None
+    for (name, channels, stride), f in zip(teacher.feature_spec, out.features.values()):
+        assert tuple(f.shape) == (2, channels, size // stride, size // stride), name
+
+
+# ---------------------------------------------------------------------------- loading
+def test_load_pipeline_bare_unet_and_run_folders(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    pipe_dir = model_dirs["ddpm"]
+    run = tmp_path / "run"
+    shutil.copytree(pipe_dir, run / "teacher")
+    (run / "config.yaml").write_text("teacher: tiny\n")
+    x = images("ddpm")
+    loaded = {
+        "pipeline": load_teacher(pipe_dir),
+        "unet": load_teacher(pipe_dir / "unet"),
+        "run": load_teacher(run),
+        "explicit": load_teacher(run, family="ddpm"),
+    }
+    assert all(isinstance(t, DDPMTeacher) for t in loaded.values())
+    assert loaded["run"].teacher_hash() == loaded["pipeline"].teacher_hash()
+    assert loaded["pipeline"].scheduler_config["_class_name"] == "DDPMScheduler"
+    ref = loaded["pipeline"].features(x)
+    for t in loaded.values():
+        for k, v in t.features(x).items():
+            torch.testing.assert_close(v, ref[k])
+    assert detect_family(model_dirs["stable-diffusion"]) == "stable-diffusion"
+    assert isinstance(load_teacher(model_dirs["stable-diffusion"]), StableDiffusionTeacher)
+
+
+def test_teacher_hash_is_stable_and_tracks_weights(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    other = build_tiny_ddpm(tmp_path / "other", seed=1)
+    same = build_tiny_ddpm(tmp_path / "same", seed=0)
+    h = load_teacher(model_dirs["ddpm"]).teacher_hash()
+    assert len(h) == 16
+    assert load_teacher(same).teacher_hash() == h
+    assert load_teacher(other).teacher_hash() != h
+
+
+def test_describe_is_json_and_recreates_the_teacher(teachers: dict[str, Teacher], model_dirs: dict[str, Path]) -> None:
+    for family, teacher in teachers.items():
+        desc = json.loads(json.dumps(teacher.describe()))
+        assert desc["family"] == family
+        again = create_teacher(desc["family"], model_dirs[family], **desc["kwargs"])
+        assert again.feature_spec.to_dict() == desc["feature_spec"]
+
+
+def test_teacher_stays_frozen(teachers: dict[str, Teacher]) -> None:
+    teacher = teachers["ddpm"]
+    teacher.train()
+    assert not teacher.training and not teacher.unet.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_tiny_models_are_small(model_dirs: dict[str, Path]) -> None:
+    for path in model_dirs.values():
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        assert size < 2 * 2**20, path
+    tok = model_dirs["stable-diffusion"] / "tokenizer"
+    assert (tok / "vocab.json").is_file() and (tok / "merges.txt").is_file()
+
+
+def test_register_teacher() -> None:
+    @register_teacher("test-ddpm")
+    class TestTeacher(DDPMTeacher):
+        family = "test-ddpm"
+
+    try:
+        assert TEACHERS["test-ddpm"] is TestTeacher
+        with pytest.raises(ValueError, match="already registered"):
+            register_teacher("test-ddpm")(DDPMTeacher)
+    finally:
+        TEACHERS.pop("test-ddpm")
+
+
+# ---------------------------------------------------------------------------- errors
+def one_line(exc: pytest.ExceptionInfo) -> bool:
+    return "\n" not in str(exc.value)
+
+
+def test_missing_folder_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"teacher folder not found: .*nope; pass --teacher") as exc:
+        load_teacher(tmp_path / "nope")
+    assert one_line(exc)
+    with pytest.raises(ModelError, match="teacher folder not found"):
+        load_teacher(tmp_path / "nope", family="ddpm")
+
+
+def test_non_diffusers_folder_is_a_model_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ModelError, match=r"no diffusers teacher model in .*looked for model_index.json") as exc:
+        load_teacher(tmp_path)
+    assert one_line(exc)
+    with pytest.raises(ModelError, match="no DDPM model"):
+        load_teacher(tmp_path, family="ddpm")
+
+
+def test_wrong_family_and_broken_folder(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not UNet2DModel"):
+        load_teacher(model_dirs["stable-diffusion"], family="ddpm")
+    with pytest.raises(ModelError, match="no Stable Diffusion model"):
+        load_teacher(model_dirs["ddpm"], family="stable-diffusion")
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dirs["ddpm"], broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ModelError, match=r"cannot load UNet2DModel from .*unet") as exc:
+        load_teacher(broken)
+    assert one_line(exc)
+
+
+def test_config_errors(model_dirs: dict[str, Path], teachers: dict[str, Teacher]) -> None:
+    path = model_dirs["ddpm"]
+    with pytest.raises(ConfigError, match=r"unknown teacher family 'ddmp'.*did you mean: ddpm"):
+        load_teacher(path, family="ddmp")
+    with pytest.raises(ConfigError, match=r"unknown teacher block 'up_block.1'.*did you mean: up_blocks.1"):
+        load_teacher(path, blocks=["up_block.1"])
+    with pytest.raises(ConfigError, match=r"timesteps \[1000\] out of range"):
+        load_teacher(path, timesteps=[1000])
+    with pytest.raises(ConfigError, match="unknown sampler"):
+        load_teacher(path, sampler="euler")
+    with pytest.raises(ConfigError, match="sample_features"):
+        load_teacher(path, sample_features="both")
+    with pytest.raises(ConfigError, match=r"images are 48x48 .* trained at 32x32; resize"):
+        teachers["ddpm"].features(torch.zeros(1, 3, 48, 48))
+    with pytest.raises(ConfigError, match=r"multiples of 32; pad or resize to 96x64"):
+        teachers["stable-diffusion"].features(torch.zeros(1, 3, 80, 64))
+    with pytest.raises(ValueError, match=r"in \[-1, 1\]"):
+        teachers["ddpm"].features(torch.full((1, 3, 32, 32), 255.0))
+
+
+def test_allow_any_size(model_dirs: dict[str, Path]) -> None:
+    teacher = load_teacher(model_dirs["ddpm"], allow_any_size=True, blocks=["up_blocks.1"])
+    feats = teacher.features(torch.zeros(1, 3, 48, 64))
+    assert feats["up_blocks.1@t=50"].shape == (1, 32, 48, 64)
+    with pytest.raises(ConfigError, match=r"multiples of 4; pad or resize to 52x64"):
+        teacher.features(torch.zeros(1, 3, 50, 64))
