@@ -199,3 +199,9 @@ def test_check_reports_shares(labeled_folder: Path) -> None:
     assert rep.pixel_share[0] > 0.5 and abs(sum(rep.pixel_share) - 1) < 1e-5
     assert rep.image_share[1] > 0 and rep.sizes == {"32x24": 12}
     assert "c1" in rep.table()
+
+
+def test_image_without_mask_is_a_problem(cli, labeled_folder: Path, tmp_path: Path) -> None:
+    (labeled_folder / "masks" / "0006.png").unlink()
+    line = _err(cli, "data=folder", f"data.root={labeled_folder}", "--out", tmp_path / "r")
+    assert "image without mask" in line and "0006" in line

@@ -100,7 +100,9 @@ def test_per_image_seeds_make_features_independent_of_the_batch(teachers: dict[s
 
 
 @FAMILIES
-def test_concat_over_timesteps_sums_channels(model_dirs: dict[str, Path], teachers: dict[str, Teacher], family: str) -> None:
+def test_concat_over_timesteps_sums_channels(
+    model_dirs: dict[str, Path], teachers: dict[str, Teacher], family: str
+) -> None:
     concat = teachers[family]
     split = create_teacher(family, model_dirs[family], timesteps=(50, 150), concat_timesteps=False)
     fc, fs = concat.features(images(family)), split.features(images(family))
@@ -207,6 +209,14 @@ def test_load_pipeline_bare_unet_and_run_folders(model_dirs: dict[str, Path], tm
             torch.testing.assert_close(v, ref[k])
     assert detect_family(model_dirs["stable-diffusion"]) == "stable-diffusion"
     assert isinstance(load_teacher(model_dirs["stable-diffusion"]), StableDiffusionTeacher)
+
+
+def test_non_square_teacher(tmp_path: Path) -> None:
+    teacher = load_teacher(build_tiny_ddpm(tmp_path / "wide", sample_size=(32, 48)), blocks=["up_blocks.0"])
+    assert teacher.image_size == (32, 48)
+    out = teacher.sample(1, steps=1)
+    assert out.images.shape == (1, 3, 32, 48)
+    assert out.features is not None and out.features["up_blocks.0@t=50"].shape == (1, 32, 16, 24)
 
 
 def test_teacher_hash_is_stable_and_tracks_weights(model_dirs: dict[str, Path], tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def _root(cfg: DictConfig) -> Path:
 
 
 def _build_folder(cfg: DictConfig) -> DataBundle:
-    from dtlabel.data.folder import ConcatImageSource, FolderImageSource, FolderLabeledSource, SubsetImageSource, load_class_names
+    from dtlabel.data.folder import FolderLabeledSource, load_class_names
 
     root = _root(cfg)
     names, ignore_from_file = load_class_names(root, cfg.get("classes"), cfg.get("classes_key", "classes"))
@@ -48,19 +48,29 @@ def _build_folder(cfg: DictConfig) -> DataBundle:
     else:
         ignore = int(ignore_from_file) if ignore_from_file is not None else 255
     labeled = FolderLabeledSource(root, cfg.images, cfg.masks, names, ignore, recursive=bool(cfg.get("recursive", False)))
-    splits = _splits(cfg, labeled, root)
+    splits = build_splits(cfg, labeled, root)
+    return DataBundle(name=str(cfg.name), labeled=labeled, unlabeled=unlabeled_pool(cfg, root, labeled, splits),
+                      splits=splits)
+
+
+def unlabeled_pool(cfg: DictConfig, root: Path, labeled: LabeledSource,
+                   splits: dict[str, list[str]]) -> ImageSource | None:
+    """The unlabeled pool: ``data.unlabeled`` folders plus the images of ``data.unlabeled_splits``
+    (ids ``labeled/<id>``)."""
+    from dtlabel.data.folder import ConcatImageSource, FolderImageSource, SubsetImageSource
+
     sources: list[ImageSource] = []
-    extra = [root / d for d in (cfg.get("unlabeled") or [])]
+    extra = [root / str(d) for d in (cfg.get("unlabeled") or [])]
     if extra:
         sources.append(FolderImageSource(extra))
     for split in cfg.get("unlabeled_splits") or []:
         if splits.get(split):
             sources.append(SubsetImageSource(labeled, splits[split], prefix="labeled/"))
-    unlabeled = sources[0] if len(sources) == 1 else (ConcatImageSource(sources) if sources else None)
-    return DataBundle(name=str(cfg.name), labeled=labeled, unlabeled=unlabeled, splits=splits)
+    return sources[0] if len(sources) == 1 else (ConcatImageSource(sources) if sources else None)
 
 
-def _splits(cfg: DictConfig, labeled: LabeledSource, root: Path) -> dict[str, list[str]]:
+def build_splits(cfg: DictConfig, labeled: LabeledSource, root: Path) -> dict[str, list[str]]:
+    """``data.splits`` resolved against ``labeled``; ``train`` defaults to every id not in val/test."""
     spec = cfg.get("splits") or {}
     splits = {name: resolve_split(spec.get(name), labeled.ids, root, name) for name in ("train", "val", "test")}
     if not spec.get("train"):

@@ -43,9 +43,13 @@ class LabeledSource(ImageSource):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def problems(self) -> list[str]:
+        """Problems found while indexing (e.g. images without masks), reported by ``data check``."""
+        return []
+
     @abstractmethod
     def mask(self, id_: str) -> np.ndarray:
-        """Return mask ``id_`` as ``(H, W)`` integer class ids (uint8 or int64)."""
+        """Return mask ``id_`` as ``(H, W)`` integer class ids (uint8, int32 or int64)."""
 
 
 @dataclass

@@ -78,10 +78,7 @@ def check_bundle(bundle: DataBundle, progress: bool = True) -> CheckReport:
         rep.pixel_share = (pix / max(1, pix.sum())).round(6).tolist()
         rep.image_share = (imgs / max(1, len(src))).round(6).tolist()
         rep.ignored_share = round(ignored / max(1, total), 6)
-        for i in getattr(src, "unmatched_images", []):
-            rep.problems.append(f"image without mask: {src.describe(i)}")
-        for i in getattr(src, "unmatched_masks", []):
-            rep.problems.append(f"mask without image: {i}")
+        rep.problems.extend(src.problems())
         for i, n in enumerate(rep.class_names):
             if rep.image_share and rep.image_share[i] == 0:
                 rep.problems.append(f"class {i} '{n}' never appears in any mask")

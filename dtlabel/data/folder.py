@@ -115,6 +115,10 @@ class FolderLabeledSource(LabeledSource):
     def ids(self) -> list[str]:
         return self._ids
 
+    def problems(self) -> list[str]:
+        return ([f"image without mask: {self._images[i]}" for i in self.unmatched_images]
+                + [f"mask without image: {self._masks[i]}" for i in self.unmatched_masks])
+
     def describe(self, id_: str) -> str:
         return str(self._images.get(id_, id_))
 

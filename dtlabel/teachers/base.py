@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from dtlabel.device import amp_dtype
 from dtlabel.errors import ConfigError, ModelError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ __all__ = [
 
 # Files that define a model folder; their bytes make the teacher hash.
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
-_AMP_CHOICES = ("auto", "fp16", "bf16", "none")
+_AMP_CHOICES = ("auto", "fp16", "bf16", "none", "off", "fp32")
 _SAMPLE_FEATURE_MODES = ("encode", "capture")
 
 
@@ -179,6 +180,9 @@ def load_component(cls: Any, root: Path, subfolder: str | None = None) -> Any:
     if not _is_tokenizer(cls):
         if has_safetensors(folder):
             kwargs["use_safetensors"] = True
+            weights = [p.name for p in folder.glob("*.safetensors")]
+            if all(".fp16." in n for n in weights):  # a Hub folder with only the fp16 variant
+                kwargs["variant"] = "fp16"
         else:
             logger.warning("no safetensors weights in %s; loading .bin weights with weights_only=True", folder)
     if cls.__module__.startswith("diffusers") and importlib.util.find_spec("accelerate") is None:
@@ -280,7 +284,8 @@ class Teacher(torch.nn.Module, ABC):
       more memory); False loops over them (default True).
     - ``early_stop``: stop the UNet forward once the last requested block has run (default True).
     - ``amp``: ``"auto"`` (bf16 if the GPU supports it, else fp16), ``"fp16"``, ``"bf16"`` or
-      ``"none"``; only used on CUDA, the CPU always runs float32.
+      ``"none"``/``"off"``/``"fp32"``; only used on CUDA (as ``dtlabel.device.amp_dtype``), the CPU
+      always runs float32.
     - ``sampler``: ``"ddim"`` (default), ``"ddpm"`` or ``"dpm"`` (DPM-Solver++ multistep).
     - ``sample_steps``: denoising steps of :meth:`sample` (default 50); ``eta``: DDIM eta (0.0).
     - ``sample_features``: ``"encode"`` (default) or ``"capture"``, see :meth:`sample`.
@@ -309,7 +314,9 @@ class Teacher(torch.nn.Module, ABC):
         self.path = Path(path)
         self.root = resolve_model_root(path)
         if amp not in _AMP_CHOICES:
-            raise ConfigError(f"unknown amp {amp!r}; choose one of {list(_AMP_CHOICES)}{did_you_mean(amp, _AMP_CHOICES)}")
+            raise ConfigError(
+                f"unknown amp {amp!r}; choose one of {list(_AMP_CHOICES)}{did_you_mean(amp, _AMP_CHOICES)}"
+            )
         if sampler not in self.samplers():
             raise ConfigError(
                 f"unknown sampler {sampler!r}; choose one of {sorted(self.samplers())}"
@@ -331,7 +338,8 @@ class Teacher(torch.nn.Module, ABC):
         self.eta = float(eta)
         self.sample_features = sample_features
         self._requested_blocks = tuple(blocks) if blocks is not None else None
-        self._requested_timesteps = tuple(int(t) for t in timesteps)
+        ts_in = (timesteps,) if isinstance(timesteps, int) else timesteps
+        self._requested_timesteps = tuple(int(t) for t in ts_in)
         self._block_info: dict[str, tuple[int, int]] | None = None  # block -> (channels, stride)
         self._hash: str | None = None
         self.kwargs: dict[str, Any] = {
@@ -492,12 +500,9 @@ class Teacher(torch.nn.Module, ABC):
         return ts
 
     def _amp_context(self) -> contextlib.AbstractContextManager:
-        """``torch.autocast`` on CUDA with the configured dtype; nothing on the CPU."""
-        if self.device.type != "cuda" or self.amp == "none":
-            return contextlib.nullcontext()
-        if self.amp == "bf16" or (self.amp == "auto" and torch.cuda.is_bf16_supported()):
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cuda", dtype=torch.float16)
+        """``torch.autocast`` on CUDA with the configured dtype; nothing on the CPU (float32)."""
+        dtype = amp_dtype(self.device, self.amp)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
@@ -507,9 +512,11 @@ class Teacher(torch.nn.Module, ABC):
             raise ValueError(f"images must be float in [-1, 1], got dtype {images.dtype}; use x / 127.5 - 1")
         self.check_image_size(int(images.shape[2]), int(images.shape[3]))
         images = images.to(self.device, torch.float32)
-        lo, hi = torch.aminmax(images)
-        if lo.item() < -1.001 or hi.item() > 1.001:
-            raise ValueError(f"images must be in [-1, 1], got values in [{lo.item():.3g}, {hi.item():.3g}]")
+        lo, hi = torch.stack(torch.aminmax(images)).tolist()  # one device sync
+        if lo < -1.001 or hi > 1.001:
+            raise ValueError(
+                f"images must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; map uint8 with x / 127.5 - 1"
+            )
         return images
 
     @contextlib.contextmanager
@@ -665,10 +672,10 @@ class Teacher(torch.nn.Module, ABC):
         # latent-space models must not clip x0 predictions to [-1, 1]
         return make_scheduler(cls, self.scheduler_config, clip_sample=self.scheduler_config.get("clip_sample", False))
 
-    def _predict(self, x: torch.Tensor, t: torch.Tensor, guidance_scale: float) -> tuple[torch.Tensor, Any]:
-        """Model prediction at ``x`` with optional classifier-free guidance (subclasses with text)."""
+    def _predict(self, x: torch.Tensor, t: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """Float32 model prediction at ``x (N, C, h, w)`` and scalar ``t`` (text families add guidance)."""
         with self._amp_context():
-            return self._unet(x, t.expand(x.shape[0]), self._condition(x.shape[0])).float(), None
+            return self._unet(x, t.expand(x.shape[0]), self._condition(x.shape[0])).float()
 
     @torch.no_grad()
     def sample(
@@ -741,20 +748,21 @@ class Teacher(torch.nn.Module, ABC):
             step_kwargs["generator"] = gens
         if "eta" in step_params:
             step_kwargs["eta"] = self.eta
-        capture_at = self._capture_steps(scheduler.timesteps) if return_features and self.sample_features == "capture" else {}
+        capture = return_features and self.sample_features == "capture"
+        capture_at = self._capture_steps(scheduler.timesteps) if capture else {}
         captured: dict[tuple[str, int], torch.Tensor] = {}
         for i, t in enumerate(scheduler.timesteps):
             x_in = scheduler.scale_model_input(x, t)
             if i in capture_at:
                 store: dict[str, torch.Tensor] = {}
                 with self._hooks(store, stop=False):
-                    pred, _ = self._predict(x_in, t, self.guidance_scale)
+                    pred = self._predict(x_in, t, self.guidance_scale)
                 for b, out in store.items():
                     out = out[-x.shape[0] :].float()  # with guidance the conditional half comes last
                     for ct in capture_at[i]:
                         captured[(b, ct)] = out
             else:
-                pred, _ = self._predict(x_in, t, self.guidance_scale)
+                pred = self._predict(x_in, t, self.guidance_scale)
             x = scheduler.step(pred.float(), t, x, **step_kwargs).prev_sample
         images = self.decode(x).clamp(-1, 1).float()
         if not return_features:
@@ -775,7 +783,8 @@ class Teacher(torch.nn.Module, ABC):
         return out
 
     def extra_repr(self) -> str:
-        return f"family={self.family!r}, root={str(self.root)!r}, blocks={list(self.blocks)}, timesteps={list(self.timesteps)}"
+        blocks, ts = list(self.blocks), list(self.timesteps)
+        return f"family={self.family!r}, root={str(self.root)!r}, blocks={blocks}, timesteps={ts}"
 
 
 def _diffusers() -> Any:

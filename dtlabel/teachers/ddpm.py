@@ -134,7 +134,9 @@ class DDPMTeacher(Teacher):
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         out = self.unet(x, t, return_dict=False)[0]
-        # models trained with a learned variance predict (eps, variance); the samplers want eps
-        if out.shape[1] == 2 * x.shape[1] and not str(self.scheduler_config.get("variance_type", "")).startswith("learned"):
+        # models trained with a learned variance predict (eps, variance): only the DDPM sampler with a
+        # learned variance_type uses the second half, DDIM and DPM-Solver want eps alone
+        learned = str(self.scheduler_config.get("variance_type", "")).startswith("learned")
+        if out.shape[1] == 2 * x.shape[1] and not (learned and self.sampler == "ddpm"):
             out = out[:, : x.shape[1]]
         return out

@@ -114,7 +114,9 @@ class StableDiffusionTeacher(Teacher):
     def _vae_context(self) -> contextlib.AbstractContextManager:
         # SD VAEs overflow in fp16 (diffusers marks them force_upcast): run them in float32
         if self.vae.config.get("force_upcast", True):
-            return torch.autocast(self.device.type, enabled=False) if self.device.type == "cuda" else contextlib.nullcontext()
+            if self.device.type == "cuda":
+                return torch.autocast("cuda", enabled=False)
+            return contextlib.nullcontext()
         return self._amp_context()
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -166,15 +168,15 @@ class StableDiffusionTeacher(Teacher):
             cond = self._condition(x.shape[0])
         return self.unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
 
-    def _predict(self, x: torch.Tensor, t: torch.Tensor, guidance_scale: float) -> tuple[torch.Tensor, Any]:
+    def _predict(self, x: torch.Tensor, t: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         """Prediction with classifier-free guidance when ``guidance_scale > 1`` (batch: uncond, cond)."""
         n = x.shape[0]
         with self._amp_context():
             if guidance_scale <= 1.0:
-                return self._unet(x, t.expand(n), self._condition(n)).float(), None
+                return self._unet(x, t.expand(n), self._condition(n)).float()
             out = self._unet(torch.cat([x, x]), t.expand(2 * n), self._condition(n, guidance=True)).float()
         uncond, cond = out.chunk(2)
-        return uncond + guidance_scale * (cond - uncond), None
+        return uncond + guidance_scale * (cond - uncond)
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> StableDiffusionTeacher:
         self._embeds = {}  # device or dtype changed: recompute the prompt embedding lazily

@@ -24,7 +24,7 @@ from dtlabel.teachers.base import quiet_progress_bars
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TINY_DDPM_UNET", "build_tiny_ddpm", "build_tiny_sd", "tiny_ddpm_unet_config"]
+__all__ = ["TINY_DDPM_UNET", "build_tiny_ddpm", "build_tiny_sd", "tiny_ddpm_unet_config", "write_tiny_clip_vocab"]
 
 # UNet2DModel kwargs of the tiny DDPM (sample_size is filled in by the builder).
 TINY_DDPM_UNET: dict = {
