@@ -16,7 +16,7 @@ from PIL import Image  # noqa: E402
 
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
 
 
 def make_labeled_folder(root: Path, n: int = 12, size: tuple[int, int] = (24, 32), num_classes: int = 3,

@@ -202,9 +202,18 @@ def test_panoptic_png_folder_missing(tmp_path: Path) -> None:
         b.labeled.mask("000001")
 
 
-def test_cli_data_check(coco_root: Path, tmp_path: Path) -> None:
+def test_cli_data_check(coco_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
     from dtlabel.cli import main
 
-    assert main(["data", "check", "data=coco", f"data.root={coco_root}", "data.annotations=ann.json",
-                 "data.images=imgs", "--out", str(tmp_path / "run"), "-q"]) == 0
-    assert (tmp_path / "run").is_dir()
+    args = ["data", "check", "data=coco", f"data.root={coco_root}", "data.annotations=ann.json", "data.images=imgs", "-q"]
+    # the json lists an image that is not on disk: reported as a problem (exit 2, one line)
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "image listed in ann.json but not found" in err and "000004.jpg" in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["labeled"] > 0 and len(summary["problems"]) == 1
+    (coco_root / "imgs" / "000004.jpg").parent.mkdir(exist_ok=True)
+    Image.new("RGB", (32, 24)).save(coco_root / "imgs" / "000004.jpg")
+    assert main([*args, "--out", str(tmp_path / "run2")]) == 0
