@@ -46,6 +46,7 @@ __all__ = [
     "hash_model_folder",
     "load_teacher",
     "register_teacher",
+    "teacher_from_config",
 ]
 
 # Detection order matters: the most specific family first.
@@ -112,3 +113,26 @@ def load_teacher(path: str | Path, family: str = "auto", **kwargs: Any) -> Teach
         resolve_model_root(path)  # the "folder not found" error before anything else
         return cls(path, **kwargs)
     return create_teacher(detect_family(path), path, **kwargs)
+
+
+TEACHER_OPTIONS = ("blocks", "timesteps", "concat_timesteps", "noise_draws", "batch_timesteps", "early_stop",
+                   "sampler", "sample_steps", "eta", "sample_features")
+_FAMILY_OPTIONS = {"ddpm": ("allow_any_size",), "stable-diffusion": ("prompt", "guidance_scale")}
+
+
+def teacher_from_config(path: str | Path, cfg: Any, amp: str = "auto") -> Teacher:
+    """Load the teacher in ``path`` with the options of a ``teacher`` config section.
+
+    ``path`` is a fit-teacher run folder or any local diffusers model folder (``--teacher DIR``).
+    """
+    from omegaconf import OmegaConf
+
+    opts = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    family = str(opts.get("family") or "auto")
+    if family == "auto":
+        family = detect_family(path)
+    kwargs = {k: opts[k] for k in TEACHER_OPTIONS if k in opts}
+    kwargs.update({k: opts[k] for k in _FAMILY_OPTIONS.get(family, ()) if k in opts})
+    if kwargs.get("timesteps") is not None:
+        kwargs["timesteps"] = tuple(int(t) for t in kwargs["timesteps"])
+    return create_teacher(family, path, amp=amp, **kwargs)
