@@ -122,3 +122,22 @@ def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     desc = json.loads((out / "run.json").read_text())
     assert desc["steps"] == 4
     assert (out / "teacher" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_resume_finished_run_reexports_fp16(full_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from dtlabel.cli import main
+    from dtlabel.teachers import load_teacher
+
+    out = tmp_path / "copy"
+    shutil.copytree(full_run, out)
+    assert main([*ARGS, "fit.export_dtype=fp16", "--resume", "--out", str(out)]) == 0
+    half, full = _weights(out), _weights(full_run)
+    assert all(v.dtype == torch.float16 for v in half.values())
+    assert all(torch.allclose(half[k].float(), full[k], atol=1e-3, rtol=1e-2) for k in full)
+    desc = json.loads((out / "run.json").read_text())
+    assert desc["steps"] == 6 and desc["final_loss"] == json.loads((full_run / "run.json").read_text())["final_loss"]
+    teacher = load_teacher(out)
+    feats = teacher.features(torch.zeros(1, 3, 16, 16))
+    assert all(f.dtype == torch.float32 for f in feats.values())

@@ -132,6 +132,8 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(int(cfg.warmup_steps), steps, float(cfg.min_lr_ratio)))
     ema = EMAModel(unet.parameters(), decay=float(cfg.ema_decay), use_ema_warmup=True, power=0.75)
     ckpt_dir = out / "checkpoints"
+    if str(cfg.get("export_dtype", "fp32")) not in ("fp32", "fp16"):
+        raise ConfigError(f"fit.export_dtype={cfg.export_dtype}: expected fp32 or fp16")
     start = 0
     found = _checkpoints(ckpt_dir)
     if found:
@@ -145,6 +147,8 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
         ema.optimization_step = int(state["ema_step"])
         start = int(state["step"])
         log.info("resumed from %s (step %d of %d)", last, start, steps)
+        if start >= steps:
+            log.info("the checkpoint already reaches fit.steps=%d: exporting only", steps)
     model: torch.nn.Module = unet
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(unet, device_ids=[device.index] if device.type == "cuda" else None)
@@ -216,11 +220,16 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
         bar.close()
     done_steps = _checkpoints(ckpt_dir)[-1].name if _checkpoints(ckpt_dir) else "step_0"
     final_step = int(done_steps.split("_")[1])
+    if math.isnan(loss_avg) and metrics.is_file():  # nothing trained in this call (already at fit.steps)
+        lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
+        loss_avg = float(json.loads(lines[-1])["loss_ema"]) if lines else loss_avg
     teacher_dir = out / "teacher"
     if dist.is_main():
         export = build_unet(cfg.model, size)
         ema.copy_to(export.parameters())
         export.eval()
+        if str(cfg.get("export_dtype", "fp32")) == "fp16":
+            export = export.half()  # half the disk size; teachers compute in float32 after loading
         pipe = DDPMPipeline(unet=export, scheduler=scheduler)
         with atomic_dir(teacher_dir) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
