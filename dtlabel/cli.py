@@ -60,6 +60,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("fit-teacher", "fit_teacher:run", "train a DDPM teacher on unlabeled images",
             (Option(("--steps",), "fit.steps", {"type": int, "help": "optimisation steps"}),
              Option(("--images",), None, {"metavar": "DIR", "help": "train on this image folder (data=images)"}))),
+    Command("train-head", "train_head:run", "train a few-label head (interpreter | mlp-ensemble) on teacher features",
+            (Option(("--labels",), "labels", {"type": int, "metavar": "N", "help": "number of labeled training images"}),
+             _TEACHER)),
 )}
 
 
@@ -173,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd, ns, overrides = parse(argv)
         cfg = compose(cmd.config_name, option_overrides(cmd, ns) + overrides)
         run = Run.open(cmd.run_name, cfg, ns.out, resume=ns.resume)
-        handlers = _setup_logging(run.log_file, ns.quiet)
+        handlers = _setup_logging(run.log_file, ns.quiet or run.rank > 0)
         log.info("dtlabel %s -> %s", " ".join(argv), run.path)
         module, func = cmd.target.split(":")
         fn = getattr(importlib.import_module(f"dtlabel.commands.{module}"), func)

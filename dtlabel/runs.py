@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +44,19 @@ class Run:
     path: Path
     cfg: DictConfig
     resumed: bool = False
+    rank: int = 0
 
     @classmethod
     def open(cls, command: str, cfg: DictConfig, out: str | Path | None, resume: bool = False) -> "Run":
         """Create (or, with ``resume``, reopen) the run folder and write ``config.yaml``."""
         path = Path(out) if out else default_out(command)
+        rank = int(os.environ.get("RANK", "0"))
+        if rank > 0:
+            # Under torchrun, rank 0 owns the folder: it checks and creates it and writes config.yaml,
+            # the log and run.json. The other ranks touch nothing before the command's first barrier.
+            if out is None:
+                raise RunError("under torchrun pass --out DIR so that every rank writes the same run folder")
+            return cls(command=command, path=path, cfg=cfg, resumed=resume, rank=rank)
         resumed = False
         if path.exists() and not path.is_dir():
             raise RunError(f"--out {path} is a file; pass a folder path")
@@ -68,11 +77,15 @@ class Run:
         return cls(command=command, path=path, cfg=cfg, resumed=resumed)
 
     @property
-    def log_file(self) -> Path:
+    def log_file(self) -> Path | None:
+        if self.rank > 0:  # rank 0 logs for everyone; the others print warnings only
+            return None
         return self.path / f"{self.command}.log"
 
     def finish(self, **descriptor: Any) -> Path:
         """Write ``run.json`` (last, atomically). Keys: whatever the next command needs to check."""
+        if self.rank > 0:  # rank 0 writes the descriptor once every rank is done
+            return self.path / DESCRIPTOR
         data = {
             "command": self.command,
             "dtlabel_version": __version__,

@@ -259,5 +259,12 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines past ``step`` (written after the checkpoint we resume from)."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
+        if rec.get("step", step + 1) <= step:
+            keep.append(ln)
     write_text(path, "".join(ln + "\n" for ln in keep))
