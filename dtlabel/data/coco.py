@@ -31,7 +31,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
-from dtlabel.data.base import DataBundle, ImageSource, LabeledSource
+from dtlabel.data.base import DataBundle, LabeledSource
 from dtlabel.data.folder import read_image
 from dtlabel.errors import ConfigError, DataError, did_you_mean
 

@@ -87,6 +87,9 @@ class Head(torch.nn.Module, ABC):
     #: optimiser defaults of this head kind (used when the config leaves lr / weight_decay null)
     default_lr: ClassVar[float] = 1e-3
     default_weight_decay: ClassVar[float] = 0.0
+    #: True if the loss depends on batch statistics (BatchNorm): then it must see whole batches and
+    #: training does not split them into micro-batches
+    batch_statistics: ClassVar[bool] = False
     #: what ``predict``'s uncertainty means, for descriptors and reports
     uncertainty_kind: ClassVar[str] = ""
 
