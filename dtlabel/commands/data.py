@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 
 def check(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from dtlabel.synth.check import is_synth_run
+
+    if is_synth_run(cfg.data.get("root")):  # data.root=<synthesize run folder>
+        return _check_synth(run, cfg, args)
     bundle = build_data(cfg.data)
     rep = check_bundle(bundle, progress=not args.quiet)
     print(rep.table())
@@ -32,6 +36,21 @@ def check(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]
     if rep.problems:
         raise DataError(f"data check found {len(rep.problems)} problem(s) in {bundle.name}; first: {rep.problems[0]}")
     return {"data": bundle.name, "labeled": rep.labeled, "unlabeled": rep.unlabeled, "problems": 0}
+
+
+def _check_synth(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+    from dtlabel.synth.check import check_synth
+
+    rep = check_synth(str(cfg.data.root), progress=not args.quiet)
+    print(rep.table())
+    for p in rep.problems[: int(cfg.max_problems)]:
+        print(f"  problem: {p}")
+    if len(rep.problems) > int(cfg.max_problems):
+        print(f"  ... and {len(rep.problems) - int(cfg.max_problems)} more (see summary.json)")
+    write_json(run.path / "summary.json", rep.to_dict())
+    if rep.problems:
+        raise DataError(f"data check found {len(rep.problems)} problem(s) in {cfg.data.root}; first: {rep.problems[0]}")
+    return {"data": "synthesize", "root": str(cfg.data.root), "samples": rep.count, "shards": rep.shards, "problems": 0}
 
 
 def preview(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:

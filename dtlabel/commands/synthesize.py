@@ -1,0 +1,365 @@
+"""``dtlabel synthesize``: a pseudo-labeled data set from a teacher and a head, in tar shards.
+
+Two sources of images:
+
+- sampled (``--n N``): the teacher samples image ``i`` from seed ``base_seed + i`` (its configured
+  sampler, DDIM by default, ``synth.sample_steps`` steps) and reads its features with the same seed;
+- real (``--images DIR``): image ``i`` is the ``i``-th file of the sorted recursive listing of DIR,
+  resized to ``synth.size`` (default the teacher's image size) and encoded with the noise seed
+  ``base_seed + i``.
+
+The head turns the features into probabilities, a hard label, an uncertainty map and a per-image
+score (format: :mod:`dtlabel.synth.shards`). Shard ``j`` holds indices ``[j*S, (j+1)*S)`` and rank
+``r`` of ``K`` (torchrun) writes the shards with ``j % K == r``, so every sample is the same whatever
+the shard size, batch size, number of ranks or restarts. Shards are committed by a rename; ``--resume``
+skips committed shards (their sha256 checked against the sidecar) and redoes the rest. Rank 0 writes
+``preview.png`` and, last, ``manifest.json`` once every rank is done. Labeling and writing run in a
+background thread while the teacher samples the next batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from tqdm import tqdm
+
+from dtlabel import dist
+from dtlabel.data.folder import list_images, read_image
+from dtlabel.device import select_device
+from dtlabel.errors import ConfigError, DataError, ModelError, RunError
+from dtlabel.heads import Head, load_head, to_teacher_size
+from dtlabel.heads.base import DESCRIPTOR as HEAD_DESCRIPTOR
+from dtlabel.heads.base import WEIGHTS as HEAD_WEIGHTS
+from dtlabel.heads.base import image_score
+from dtlabel.io import sha256_bytes, sha256_file, write_json
+from dtlabel.runs import Run
+from dtlabel.synth.shards import (
+    MANIFEST,
+    PLAN,
+    SHARD_DIR,
+    LOGIT_FLOOR,
+    shard_name,
+    sidecar_name,
+    uncertainty_to_uint8,
+)
+from dtlabel.synth.writer import ShardWriter
+from dtlabel.teachers import Teacher, teacher_from_config
+from dtlabel.teachers.base import resolve_model_root
+
+log = logging.getLogger(__name__)
+
+_FEATURE_KEYS = ("blocks", "timesteps", "concat_timesteps", "noise_draws")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def _check_options(sc: DictConfig) -> None:
+    for key in ("samples_per_shard", "batch_size", "queue_size"):
+        if int(sc[key]) < 1:
+            raise ConfigError(f"synth.{key}={sc[key]} must be >= 1")
+    if str(sc.image_format) not in ("png", "jpg"):
+        raise ConfigError(f"synth.image_format={sc.image_format}: expected png or jpg")
+    if int(sc.logits_downsample) < 0:
+        raise ConfigError(f"synth.logits_downsample={sc.logits_downsample} must be >= 0 (0 = no logits)")
+    if not 0 < float(sc.score_top) <= 1:
+        raise ConfigError(f"synth.score_top={sc.score_top} must be in (0, 1]")
+    if sc.get("sample_steps") is not None and int(sc.sample_steps) < 1:
+        raise ConfigError(f"synth.sample_steps={sc.sample_steps} must be >= 1 or null")
+    if sc.get("size") is not None and (len(sc.size) != 2 or any(int(s) < 8 for s in sc.size)):
+        raise ConfigError(f"synth.size={list(sc.size)}: expected [H, W] with both >= 8, or null")
+
+
+def head_folder(path: str | Path) -> Path:
+    p = Path(path)
+    return p / "head" if not (p / HEAD_DESCRIPTOR).is_file() and (p / "head" / HEAD_DESCRIPTOR).is_file() else p
+
+
+def head_hash(path: str | Path) -> str:
+    """Short hash of a head folder's descriptor and weights."""
+    folder = head_folder(path)
+    return sha256_bytes((sha256_file(folder / HEAD_DESCRIPTOR) + sha256_file(folder / HEAD_WEIGHTS)).encode())[:16]
+
+
+def _load_teacher(cfg: DictConfig, head: Head) -> Teacher:
+    """The teacher with the feature options the head was trained on (blocks, timesteps, ...)."""
+    opts = OmegaConf.to_container(cfg.teacher, resolve=True)
+    trained = (head.meta.get("teacher") or {}).get("kwargs") or {}
+    for key in _FEATURE_KEYS:
+        if key in trained and trained[key] is not None and opts.get(key) != trained[key]:  # type: ignore[union-attr]
+            log.info("teacher.%s=%s from the head's descriptor (config: %s)", key, trained[key], opts.get(key))  # type: ignore[union-attr]
+            opts[key] = trained[key]  # type: ignore[index]
+    return teacher_from_config(str(cfg.inputs.teacher), opts, amp=str(cfg.amp))
+
+
+def _image_list(root: str) -> tuple[Path, list[Path]]:
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"--images {folder}: folder not found")
+    files = list_images(folder)
+    if not files:
+        raise DataError(f"--images {folder}: no images (jpg, jpeg, png, webp, bmp, tif) found, recursively")
+    return folder, files
+
+
+def _count(cfg: DictConfig, files: list[Path] | None) -> int:
+    raw = cfg.get("n")
+    if raw is None:
+        if files is None:
+            raise ConfigError("synthesize needs --n N (how many samples) or --images DIR (label a folder)")
+        return len(files)
+    try:
+        n = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--n {raw!r}: expected an integer number of samples") from None
+    if n < 1:
+        raise ConfigError(f"--n {n}: must be >= 1")
+    if files is not None and n > len(files):
+        raise ConfigError(f"--n {n}: the --images folder holds only {len(files)} images")
+    return n
+
+
+# ---------------------------------------------------------------------------------------------- shards
+def shard_ranges(n: int, per_shard: int) -> list[tuple[int, int]]:
+    """``[(first, last)]`` inclusive index range of every shard."""
+    return [(a, min(n, a + per_shard) - 1) for a in range(0, n, per_shard)]
+
+
+def shard_complete(folder: Path, j: int, verify: bool) -> bool:
+    """A shard counts when its tar exists beside its sidecar and (``verify``) the sha256 matches."""
+    tar, side = folder / shard_name(j), folder / sidecar_name(j)
+    if not tar.is_file() or not side.is_file():
+        return False
+    try:
+        info = json.loads(side.read_text())
+    except (json.JSONDecodeError, OSError):
+        return False
+    if info.get("bytes") != tar.stat().st_size:
+        return False
+    if verify and sha256_file(tar) != info.get("sha256"):
+        log.warning("%s does not match its sidecar hash: writing it again", tar.name)
+        return False
+    return True
+
+
+def _prepare_folder(run: Run, plan: dict[str, Any]) -> None:
+    """Rank 0: the shard folder, no temporary leftovers, and the plan every restart must match."""
+    folder = run.path / SHARD_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for tmp in list(folder.glob(".*.tmp")) + list(run.path.glob(".*.tmp")):
+        tmp.unlink()
+    for stale in (run.path / MANIFEST,):
+        if stale.exists():  # a resumed run writes the manifest again at the end
+            stale.unlink()
+    if not (run.path / PLAN).is_file():
+        write_json(run.path / PLAN, plan)
+
+
+def _check_plan(run: Run, plan: dict[str, Any]) -> None:
+    prev = json.loads((run.path / PLAN).read_text())
+    for key in plan:
+        if prev.get(key) != plan[key]:
+            what = "the image folder's files" if key == "files" else key
+            raise RunError(f"--resume: {run.path} was started with another {what} "
+                           f"({_short(prev.get(key))} != {_short(plan[key])}); use the same command or another --out")
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+# ---------------------------------------------------------------------------------------------- labeling
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``(B, 3, H, W)`` in [-1, 1] -> ``(B, H, W, 3) uint8``."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def label_batch(head: Head, feats: dict[str, torch.Tensor], size: tuple[int, int], logits_size: tuple[int, int] | None,
+                score_top: float) -> dict[str, Any]:
+    """Head outputs of one batch as numpy: label, uint8 uncertainty, logits, scores."""
+    probs, unc = head.predict(feats, size)
+    c = probs.shape[1]
+    u_norm = (unc.float() / math.log(max(2, c))).clamp(0, 1)
+    u8 = uncertainty_to_uint8(u_norm.cpu().numpy())
+    out: dict[str, Any] = {
+        "label": probs.argmax(1).to(torch.uint8).cpu().numpy(),
+        "uncert": u8,
+        # from the stored uint8 map, so the score is reproducible from the shard alone, bit for bit
+        "score": image_score(torch.from_numpy(u8).double() / 255.0, top=score_top).numpy(),
+        "logits": None,
+    }
+    if logits_size is not None:
+        small = probs if tuple(probs.shape[-2:]) == logits_size else F.interpolate(probs.float(), size=logits_size, mode="area")
+        out["logits"] = small.clamp_min(math.exp(LOGIT_FLOOR)).log().half().cpu().numpy()
+    return out
+
+
+def _load_resized(path: Path, size: tuple[int, int]) -> np.ndarray:
+    arr = read_image(path)
+    if arr.shape[:2] != tuple(size):
+        arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BICUBIC), dtype=np.uint8)
+    return arr
+
+
+# ---------------------------------------------------------------------------------------------- command
+def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+    sc = cfg.synth
+    _check_options(sc)
+    if not cfg.inputs.get("teacher"):
+        raise ConfigError("synthesize needs --teacher DIR (a fit-teacher run folder or a local diffusers model folder)")
+    if not cfg.inputs.get("head"):
+        raise ConfigError("synthesize needs --head DIR (a train-head run folder)")
+    images_root, files = (None, None)
+    if cfg.inputs.get("images"):
+        images_root, files = _image_list(str(cfg.inputs.images))
+    n = _count(cfg, files)
+    files = files[:n] if files is not None else None
+    mode = "image" if files is not None else "sample"
+    resolve_model_root(str(cfg.inputs.teacher))  # "not found" before loading anything
+
+    device = dist.init_from_env(select_device(cfg.device))
+    rank, world = dist.rank(), dist.world_size()
+    head = load_head(str(cfg.inputs.head), device)
+    teacher = _load_teacher(cfg, head).to(device)
+    t_hash, h_hash = teacher.teacher_hash(), head_hash(str(cfg.inputs.head))
+    trained_on = head.meta.get("teacher_hash")
+    if trained_on and trained_on != t_hash:
+        raise ModelError(f"--head {cfg.inputs.head} was trained on teacher {trained_on}, but --teacher "
+                         f"{cfg.inputs.teacher} is {t_hash}; pass the teacher the head was trained with")
+    if head.num_classes > 256:
+        raise ModelError(f"--head has {head.num_classes} classes; shards store labels as uint8 (at most 256)")
+    size = tuple(int(s) for s in sc.size) if (mode == "image" and sc.get("size") is not None) else tuple(teacher.image_size)
+    ds = int(sc.logits_downsample)
+    logits_size = (max(1, size[0] // ds), max(1, size[1] // ds)) if ds > 0 else None
+    base_seed = int(sc.base_seed) if sc.get("base_seed") is not None else int(cfg.seed)
+    per_shard, bs = int(sc.samples_per_shard), int(sc.batch_size)
+    steps = int(sc.sample_steps) if sc.get("sample_steps") is not None else teacher.sample_steps
+    ranges = shard_ranges(n, per_shard)
+    class_names = list(head.meta.get("class_names") or [f"class_{k}" for k in range(head.num_classes)])
+
+    plan: dict[str, Any] = {
+        "mode": mode, "n": n, "samples_per_shard": per_shard, "base_seed": base_seed, "size": list(size),
+        "logits_size": list(logits_size) if logits_size else None, "image_format": str(sc.image_format),
+        "teacher_hash": t_hash, "head_hash": h_hash, "sample_steps": steps if mode == "sample" else None,
+        "sampler": teacher.sampler if mode == "sample" else None,
+    }
+    if files is not None and images_root is not None:
+        plan["files"] = [{"file": p.relative_to(images_root).as_posix(), "sha256": sha256_file(p)} if rank == 0 else
+                         {"file": p.relative_to(images_root).as_posix()} for p in files]
+    if rank == 0:
+        _prepare_folder(run, plan)
+    dist.barrier()  # the run folder, the shard folder and plan.json exist from here on
+    if rank == 0:
+        _check_plan(run, plan)
+    else:
+        _check_plan(run, {k: v for k, v in plan.items() if k != "files"})
+    shard_dir = run.path / SHARD_DIR
+    mine = [j for j in range(len(ranges)) if j % world == rank]
+    todo = [j for j in mine if not shard_complete(shard_dir, j, bool(sc.verify_resume))]
+    n_todo = sum(ranges[j][1] - ranges[j][0] + 1 for j in todo)
+    log.info("synthesize (%s): %d samples in %d shards of %d, %d rank(s); this rank: %d shards to write "
+             "(%d already done), %d samples; image %dx%d, %s, batch %d%s", mode, n, len(ranges), per_shard, world,
+             len(todo), len(mine) - len(todo), n_todo, size[0], size[1], sc.image_format, bs,
+             f", {teacher.sampler} {steps} steps" if mode == "sample" else f", from {images_root}")
+
+    bar = tqdm(total=n_todo, unit="sample", desc=f"synthesize r{rank}" if world > 1 else "synthesize",
+               disable=bool(getattr(args, "quiet", False)) or rank > 0, smoothing=0.1)
+    writer = ShardWriter(shard_dir, head.num_classes, str(sc.image_format), int(sc.jpg_quality), int(sc.queue_size),
+                         on_written=bar.update)
+    t0 = time.time()
+    try:
+        for j in todo:
+            first, last = ranges[j]
+            writer.open(j, first, last)
+            for start in range(first, last + 1, bs):
+                idx = list(range(start, min(last + 1, start + bs)))
+                if mode == "sample":
+                    samples = _sampled_batch(teacher, head, idx, base_seed, steps, size, logits_size, float(sc.score_top))
+                    writer.add(samples)
+                else:
+                    samples, skipped = _image_batch(teacher, head, files, images_root, idx, base_seed, size,  # type: ignore[arg-type]
+                                                    logits_size, float(sc.score_top), bool(sc.skip_corrupt))
+                    writer.add(samples, skipped)
+            writer.close(j)
+        writer.finish()
+    finally:
+        bar.close()
+    seconds = time.time() - t0
+    rate = n_todo / seconds if seconds > 0 and n_todo else 0.0
+    log.info("rank %d: %d samples in %.1fs (%.2f samples/s)", rank, n_todo, seconds, rate)
+
+    dist.barrier()  # every rank's shards are committed
+    if rank > 0:
+        dist.cleanup()
+        return {}
+    missing = [j for j in range(len(ranges)) if not shard_complete(shard_dir, j, verify=False)]
+    if missing:
+        raise RunError(f"shards {missing[:5]} are missing after all ranks finished; rerun with --resume")
+    from dtlabel.synth.manifest import build_manifest, write_preview
+
+    manifest = build_manifest(run.path, plan, ranges, class_names, head, teacher, cfg, images_root, world)
+    preview = write_preview(run.path, manifest, int(sc.preview), class_names) if int(sc.preview) > 0 else None
+    write_json(run.path / MANIFEST, manifest)  # last artifact before run.json
+    dist.cleanup()
+    log.info("%d samples (%d skipped) in %d shards, %.1f MB (%.1f kB per sample)", manifest["count"],
+             len(manifest["skipped"]), len(ranges), manifest["bytes"] / 1e6, manifest["bytes_per_sample"] / 1e3)
+    return {
+        "manifest": MANIFEST, "mode": mode, "count": manifest["count"], "n": n, "skipped": len(manifest["skipped"]),
+        "num_classes": head.num_classes, "class_names": class_names, "size": list(size),
+        "logits_size": list(logits_size) if logits_size else None, "shards": len(ranges), "world_size": world,
+        "teacher": str(cfg.inputs.teacher), "head": str(cfg.inputs.head), "teacher_hash": t_hash, "head_hash": h_hash,
+        "samples_per_second": round(rate, 3), "bytes_per_sample": manifest["bytes_per_sample"],
+        "preview": preview.name if preview else None,
+    }
+
+
+def _sampled_batch(teacher: Teacher, head: Head, idx: list[int], base_seed: int, steps: int, size: tuple[int, int],
+                   logits_size: tuple[int, int] | None, score_top: float) -> list[dict[str, Any]]:
+    out = teacher.sample(len(idx), seed=base_seed + idx[0], steps=steps, batch_size=len(idx), return_features=True,
+                         output_device=None)
+    lab = label_batch(head, out.features, size, logits_size, score_top)
+    images = _to_uint8(out.images)
+    return [_sample_dict(lab, k, i, base_seed + i, images[k], "sample", None) for k, i in enumerate(idx)]
+
+
+def _image_batch(teacher: Teacher, head: Head, files: list[Path], root: Path, idx: list[int], base_seed: int,
+                 size: tuple[int, int], logits_size: tuple[int, int] | None, score_top: float,
+                 skip_corrupt: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    arrays, kept, skipped = [], [], []
+    for i in idx:
+        try:
+            arrays.append(_load_resized(files[i], size))
+            kept.append(i)
+        except DataError as exc:
+            if not skip_corrupt:
+                raise DataError(f"{exc} (or pass synth.skip_corrupt=true to skip such files)") from None
+            log.warning("skipping %s", exc)
+            skipped.append({"index": i, "file": files[i].relative_to(root).as_posix(), "error": str(exc)})
+    if not kept:
+        return [], skipped
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    x_t = to_teacher_size(x, teacher.image_size).to(teacher.device)
+    feats = teacher.features(x_t, seed=[base_seed + i for i in kept])
+    lab = label_batch(head, feats, size, logits_size, score_top)
+    return [_sample_dict(lab, k, i, base_seed + i, arrays[k], "image", files[i].relative_to(root).as_posix())
+            for k, i in enumerate(kept)], skipped
+
+
+def _sample_dict(lab: dict[str, Any], k: int, index: int, seed: int, image: np.ndarray, source: str,
+                 file: str | None) -> dict[str, Any]:
+    return {
+        "index": index, "seed": seed, "image": image, "label": lab["label"][k], "uncert": lab["uncert"][k],
+        "logits": lab["logits"][k] if lab["logits"] is not None else None, "score": round(float(lab["score"][k]), 6),
+        "source": source, "file": file,
+    }

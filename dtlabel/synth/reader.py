@@ -1,0 +1,152 @@
+"""Reading a finished ``dtlabel synthesize`` run: :class:`SynthSet` and a torch ``IterableDataset``.
+
+::
+
+    ds = SynthSet("runs/synthesize/x", drop_uncertain=0.1)   # drop the 10% most uncertain images
+    for s in ds.iter(shuffle_buffer=256, seed=0):              # s["image"], s["label"], s["logits"], ...
+        ...
+    loader = DataLoader(SynthIterableDataset(ds, transform=fn), batch_size=8, num_workers=2)
+
+Dropping uses the per-image scores of ``manifest.json``; shards are never rewritten. Sampled and
+real-image runs read alike (``s["source"]`` says which).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dtlabel.errors import ConfigError, DataError, RunError
+from dtlabel.synth.shards import MANIFEST, decode_group, iter_groups, key_of
+
+Sample = dict[str, Any]
+
+
+class SynthSet:
+    """A finished synthesize run folder, optionally without its most uncertain fraction of samples."""
+
+    def __init__(self, run_dir: str | Path, drop_uncertain: float = 0.0) -> None:
+        self.path = Path(run_dir).expanduser()
+        if not self.path.is_dir():
+            raise RunError(f"synthesize run folder not found: {self.path}")
+        mpath = self.path / MANIFEST
+        if not mpath.is_file():
+            raise RunError(f"{self.path}: no {MANIFEST}, not a finished synthesize run "
+                           "(rerun 'dtlabel synthesize' with --resume and the same --out)")
+        try:
+            self.manifest: dict[str, Any] = json.loads(mpath.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{mpath}: not valid JSON ({exc.msg})") from None
+        if "shards" not in self.manifest or "scores" not in self.manifest:
+            raise DataError(f"{mpath}: not a dtlabel synthesize manifest (no shards or scores)")
+        drop = float(drop_uncertain)
+        if not 0.0 <= drop < 1.0:
+            raise ConfigError(f"drop_uncertain={drop_uncertain}: expected a fraction in [0, 1)")
+        self.drop_uncertain = drop
+        for sh in self.manifest["shards"]:
+            if not (self.path / sh["name"]).is_file():
+                raise DataError(f"{self.path}: shard {sh['name']} listed in {MANIFEST} is missing")
+        m = self.manifest
+        self.num_classes: int = int(m["num_classes"])
+        self.class_names: list[str] = list(m["class_names"])
+        self.size: tuple[int, int] = (int(m["size"][0]), int(m["size"][1]))
+        self.logits_size: tuple[int, int] | None = tuple(m["logits_size"]) if m.get("logits_size") else None  # type: ignore[assignment]
+        present = [(s, i) for i, s in enumerate(m["scores"]) if s is not None]
+        n_drop = int(math.floor(drop * len(present)))
+        # most uncertain first; ties: the higher index goes first, so the choice is deterministic
+        ranked = sorted(present, key=lambda si: (-si[0], -si[1]))
+        self.indices: list[int] = sorted(i for _, i in ranked[n_drop:])
+        self._keep = set(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __repr__(self) -> str:
+        return (f"SynthSet({str(self.path)!r}, {len(self)} of {self.manifest['count']} samples, "
+                f"drop_uncertain={self.drop_uncertain}, mode={self.manifest.get('mode')})")
+
+    def score(self, index: int) -> float | None:
+        return self.manifest["scores"][index]
+
+    def shard_names(self) -> list[str]:
+        return [sh["name"] for sh in self.manifest["shards"]]
+
+    def iter(self, shuffle_buffer: int = 0, seed: int = 0, rank: int = 0, world: int = 1) -> Iterator[Sample]:
+        """Stream the kept samples once. Consumer ``rank`` of ``world`` gets a disjoint part: whole
+        shards when there are at least ``world`` shards, else the samples with ``index % world == rank``.
+        ``shuffle_buffer > 0`` shuffles the shard order (by ``seed``) and the samples through a buffer."""
+        if world < 1 or not 0 <= rank < world:
+            raise ConfigError(f"rank {rank} / world {world}: expected 0 <= rank < world")
+        shards = [sh for sh in self.manifest["shards"] if sh["count"] > 0]
+        if shuffle_buffer > 0:
+            random.Random(seed).shuffle(shards)
+        if len(shards) >= world:
+            mine, by_index = shards[rank::world], False
+        else:
+            mine, by_index = shards, world > 1
+        keep = self._keep
+
+        def wanted(key: str) -> bool:
+            i = int(key)
+            return i in keep and (not by_index or i % world == rank)
+
+        def stream() -> Iterator[Sample]:
+            for sh in mine:
+                for key, group in iter_groups(self.path / sh["name"], keep=wanted):
+                    if not wanted(key):
+                        continue
+                    yield decode_group(group)
+
+        if shuffle_buffer <= 0:
+            yield from stream()
+            return
+        rng = random.Random(seed * 1_000_003 + rank)
+        buf: list[Sample] = []
+        for s in stream():
+            if len(buf) < shuffle_buffer:
+                buf.append(s)
+                continue
+            k = rng.randrange(len(buf))
+            buf[k], s = s, buf[k]
+            yield s
+        rng.shuffle(buf)
+        yield from buf
+
+    def __iter__(self) -> Iterator[Sample]:
+        return self.iter()
+
+    def key(self, index: int) -> str:
+        return key_of(index)
+
+
+class SynthIterableDataset(torch.utils.data.IterableDataset):
+    """A :class:`SynthSet` as a torch ``IterableDataset`` for DataLoader workers and DDP ranks.
+
+    Consumers are ``(DDP rank, worker)`` pairs (rank from :mod:`dtlabel.dist`); each sample is yielded
+    by exactly one consumer per epoch. ``set_epoch(e)`` reshuffles (the seed becomes ``seed + e``).
+    """
+
+    def __init__(self, ds: SynthSet, transform: Callable[[Sample], Sample] | None = None, shuffle_buffer: int = 256,
+                 seed: int = 0, epoch: int = 0) -> None:
+        super().__init__()
+        self.ds, self.transform = ds, transform
+        self.shuffle_buffer, self.seed, self.epoch = int(shuffle_buffer), int(seed), int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[Sample]:
+        from dtlabel import dist
+
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        world = dist.world_size() * workers
+        rank = dist.rank() * workers + worker
+        for s in self.ds.iter(self.shuffle_buffer, seed=self.seed + self.epoch, rank=rank, world=world):
+            yield self.transform(s) if self.transform is not None else s
