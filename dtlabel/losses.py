@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ce_dice_loss", "dice_loss"]
+__all__ = ["ce_dice_loss", "dice_loss", "kd_loss", "weighted_ce_loss"]
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, eps: float = 1.0) -> torch.Tensor:
@@ -55,3 +55,41 @@ def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int =
     ce = F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
     dice = dice_loss(logits, target, ignore_index)
     return {"loss": ce + dice_weight * dice, "ce": ce.detach(), "dice": dice.detach()}
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 4.0,
+            valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft-label distillation ``tau^2 * KL(softmax(t / tau) || softmax(s / tau))``, mean over pixels.
+
+    The comparison is at the teacher logits' resolution ``(h, w)``: ``student_logits (B, C, H, W)``
+    are downsampled there by area averaging (``F.interpolate(mode="area")``). ``valid (B, h, w)``
+    bool masks out pixels (e.g. padded by augmentation). Returns a scalar (0 with a graph if no
+    pixel is valid).
+    """
+    t = teacher_logits.float()
+    s = student_logits.float()
+    if s.shape[-2:] != t.shape[-2:]:
+        s = F.interpolate(s, size=t.shape[-2:], mode="area")
+    p_t = (t / tau).softmax(1)
+    kl = (p_t * ((t / tau).log_softmax(1) - (s / tau).log_softmax(1))).sum(1)  # (B, h, w)
+    if valid is None:
+        return kl.mean() * tau * tau
+    w = valid.float()
+    if not bool(valid.any()):
+        return s.sum() * 0.0
+    return (kl * w).sum() / w.sum() * tau * tau
+
+
+def weighted_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                     ignore_index: int = 255) -> torch.Tensor:
+    """Per-pixel cross-entropy weighted by ``weight (B, H, W)`` (e.g. confidence ``1 - uncertainty``),
+    normalised by the summed weight of counted pixels; ``ignore_index`` pixels count nowhere."""
+    c = logits.shape[1]
+    target = target.long()
+    valid = (target >= 0) & (target < c) & (target != ignore_index)
+    target = torch.where(valid, target, torch.full_like(target, ignore_index))
+    ce = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
+    w = weight.float().clamp(min=0) * valid
+    if float(w.sum()) <= 0:
+        return logits.sum() * 0.0
+    return (ce * w).sum() / w.sum()

@@ -121,3 +121,31 @@ def save_bars(path: str | Path, names: Sequence[str], values: Sequence[float], t
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save_fig(fig, Path(path))
+
+
+def save_confusion(path: str | Path, matrix: np.ndarray, names: Sequence[str], title: str = "") -> Path:
+    """Row-normalised confusion matrix (rows ground truth, columns prediction) as a heat map, in %."""
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix, dtype=np.float64)
+    rows = m.sum(1, keepdims=True)
+    pct = np.where(rows > 0, 100.0 * m / np.maximum(rows, 1), 0.0)
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.5 * n + 2), max(3, 0.45 * n + 1.5)), dpi=110)
+    im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
+    for i in range(n):
+        for j in range(n):
+            if pct[i, j] >= 0.5:
+                ax.text(j, i, f"{pct[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if pct[i, j] > 60 else "black")
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticklabels(names, fontsize=7)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="% of ground-truth pixels")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save_fig(fig, Path(path))

@@ -1,0 +1,171 @@
+"""train-student on the default data at 32 px: scratch (--labels), pseudo-labels (--synth, soft KD and
+hard + real mix), plain-smp loading, exact resume, DDP on gloo, and the errors a user can hit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dtlabel.cli import main
+
+TINY = ("--preset", "tiny", "-q")
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ts") / "scratch"
+    assert main(["train-student", *TINY, "--labels", "8", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """teacher -> head -> synthesize, each tiny (about 15 s)."""
+    from dtlabel.teachers.tiny import build_tiny_ddpm
+
+    root = tmp_path_factory.mktemp("chain")
+    teacher = build_tiny_ddpm(root / "ddpm", sample_size=32)
+    assert main(["train-head", *TINY, "--labels", "8", "--teacher", str(teacher), "--out", str(root / "head")]) == 0
+    assert main(["synthesize", *TINY, "--n", "12", "--teacher", str(teacher), "--head", str(root / "head"),
+                 "--out", str(root / "synth")]) == 0
+    return root / "synth"
+
+
+def test_scratch_outputs(scratch: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from dtlabel.data import build_data, choose_labels
+
+    for name in ("config.yaml", "train-student.log", "run.json", "labels.json", "metrics.json", "metrics.jsonl",
+                 "overlays.png", "iou.png", "loss.png", "miou.png", "student/student.json", "student/student.safetensors"):
+        assert (scratch / name).is_file(), name
+    m = json.loads((scratch / "metrics.json").read_text())
+    assert 0 <= m["miou"] <= 100 and m["n_test"] == 200 and len(m["per_class_iou"]) == 7
+    assert m["val"]["miou"] is not None and m["selected"]["rule"] == "best validation mIoU"
+    labels = json.loads((scratch / "labels.json").read_text())
+    bundle = build_data(OmegaConf.load(scratch / "config.yaml").data)
+    assert labels["ids"] == choose_labels(bundle.labeled, bundle.splits["train"], 8, 0)  # as train-head
+    assert not set(labels["val_ids"]) & set(labels["ids"]) and not set(labels["val_ids"]) & set(bundle.splits["test"])
+    desc = json.loads((scratch / "run.json").read_text())
+    assert desc["steps"] == 4 and desc["epochs"] == 2 and desc["test_miou"] == m["miou"]
+    rows = [json.loads(x) for x in (scratch / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "test_miou" in r] == [1, 2]
+
+
+def test_plain_smp_loads_and_reproduces_test_miou(scratch: Path) -> None:
+    import segmentation_models_pytorch as smp
+    from omegaconf import OmegaConf
+
+    from dtlabel.commands.train_student import evaluate
+    from dtlabel.data import build_data
+
+    d = json.loads((scratch / "student" / "student.json").read_text())
+    model = smp.create_model(d["arch"], encoder_name=d["encoder_name"], encoder_weights=None, classes=d["classes"],
+                             in_channels=3, **d["smp_kwargs"])
+    model.load_state_dict(load_file(str(scratch / "student" / "student.safetensors")), strict=True)
+    bundle = build_data(OmegaConf.load(scratch / "config.yaml").data)
+    cm, _ = evaluate(model, bundle.labeled, bundle.splits["test"], (32, 32), 16, torch.device("cpu"))
+    assert cm.summary()["miou"] == json.loads((scratch / "metrics.json").read_text())["miou"]
+
+
+def test_resume_after_interrupt_matches(scratch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dtlabel.commands import train_student
+
+    calls = {"n": 0}
+
+    def barrier() -> None:  # the 2nd barrier follows the epoch-1 checkpoint
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "r"
+    monkeypatch.setattr(train_student.dist, "barrier", barrier)
+    assert main(["train-student", *TINY, "--labels", "8", "--out", str(out)]) == 130
+    assert (out / "checkpoint.pt").is_file() and not (out / "run.json").exists()
+    monkeypatch.undo()
+    assert main(["train-student", *TINY, "--labels", "8", "--out", str(out), "--resume"]) == 0
+    a, b = (load_file(str(p / "student" / "student.safetensors")) for p in (scratch, out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "metrics.json").read_text())["miou"] == json.loads((scratch / "metrics.json").read_text())["miou"]
+
+
+def test_synth_soft_kd(synth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "kd"
+    assert main(["train-student", *TINY, "--synth", str(synth), "--out", str(out)]) == 0
+    desc = json.loads((out / "run.json").read_text())
+    assert desc["synth_loss"] == "soft" and desc["labels"] is None and desc["steps"] == 2 * (12 // 4)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["synth"] for r in rows if "synth" in r]
+    assert len(losses) == 6 and all(0 <= v < 50 for v in losses)
+
+
+def test_synth_hard_mixed_with_real(synth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mix"
+    assert main(["train-student", *TINY, "--synth", str(synth), "--labels", "8", "student.synth_loss=hard",
+                 "student.drop_uncertain=0.25", "student.real_ratio=0.5", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    step = rows[0]
+    assert {"real", "synth", "ce", "dice"} <= step.keys()
+    assert step["loss"] == pytest.approx(0.5 * step["real"] + 0.5 * step["synth"], abs=1e-4)
+    desc = json.loads((out / "run.json").read_text())
+    assert desc["steps"] == 2 * (9 // 2)  # 12 samples minus 25% dropped, 2 synth images per step
+
+
+def test_ddp_two_processes_gloo(synth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           "-m", "dtlabel.cli", "train-student", *TINY, "--synth", str(synth), "--labels", "8",
+           "student.real_ratio=0.25", "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    desc = json.loads((out / "run.json").read_text())
+    assert desc["world_size"] == 2 and desc["steps"] == 2 * (12 // (3 * 2))
+    assert (out / "student" / "student.safetensors").is_file() and (out / "metrics.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def _err(cli, tmp_path: Path, *args: str) -> str:  # noqa: ANN001
+    code, _, err = cli("train-student", *TINY, "--out", tmp_path / "e", *args)
+    assert code == 2 and err.startswith("dtlabel: error: ") and err.count("\n") == 1
+    return err
+
+
+def test_needs_labels_or_synth(cli, tmp_path: Path) -> None:
+    assert "needs --labels N (real labels), --synth DIR" in _err(cli, tmp_path)
+
+
+def test_unknown_arch_and_encoder(cli, tmp_path: Path) -> None:
+    assert "unknown student architecture 'Unett' (did you mean: Unet" in _err(cli, tmp_path, "--labels", "4",
+                                                                              "student.arch=Unett")
+
+
+def test_unknown_encoder(cli, tmp_path: Path) -> None:
+    assert "unknown student encoder 'resnet19' (did you mean: resnet18" in _err(cli, tmp_path, "--labels", "4",
+                                                                                 "student.encoder=resnet19")
+
+
+def test_bad_backbone(cli, tmp_path: Path) -> None:
+    (tmp_path / "w.safetensors").write_bytes(b"junk")
+    assert "cannot read weights" in _err(cli, tmp_path, "--labels", "4", "--backbone", str(tmp_path / "w.safetensors"))
+
+
+def test_synth_not_a_synthesize_run(cli, scratch: Path, tmp_path: Path) -> None:
+    assert "is a 'train-student' run, expected synthesize" in _err(cli, tmp_path, "--synth", str(scratch))
+
+
+def test_synth_class_count_mismatch(cli, synth: Path, labeled_folder: Path, tmp_path: Path) -> None:
+    err = _err(cli, tmp_path, "--synth", str(synth), "data=folder", f"data.root={labeled_folder}",
+               "data.splits.test=[0011,0012]")
+    assert "has 7 classes but data set" in err and "has 3" in err
+
+
+def test_bad_option_values(cli, tmp_path: Path) -> None:
+    assert "student.synth_loss=medium" in _err(cli, tmp_path, "--labels", "4", "student.synth_loss=medium")
