@@ -19,11 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Until the whole chain lands: check and preview the default data, then fit a small teacher on it.
+# The main job: the whole chain on the embedded default data (fit-teacher -> train-head ->
+# synthesize -> train-student, and the scratch baseline -> eval), ending with a results table.
 demo: $(STAMP)
-	$(VENV)/bin/dtlabel data check -q
-	$(VENV)/bin/dtlabel data preview
-	$(VENV)/bin/dtlabel fit-teacher --preset tiny data.size=[64,64] fit.steps=150 fit.batch_size=8 fit.sample_n=8 fit.sample_steps=25
+	$(VENV)/bin/dtlabel demo --out runs/demo --resume
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -63,6 +63,24 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("train-head", "train_head:run", "train a few-label head (interpreter | mlp-ensemble) on teacher features",
             (Option(("--labels",), "labels", {"type": int, "metavar": "N", "help": "number of labeled training images"}),
              _TEACHER)),
+    Command("synthesize", "synthesize:run", "sample (or --images: read) images and pseudo-label them into tar shards",
+            (Option(("--n", "--num-samples"), "n", {"type": int, "metavar": "N",
+                    "help": "number of samples (--images: default all); under torchrun write --num-samples"}),
+             _TEACHER,
+             Option(("--head",), "inputs.head", {"metavar": "DIR", "help": "train-head run folder"}),
+             Option(("--images",), "inputs.images",
+                    {"metavar": "DIR", "help": "label the images of this folder (recursive) instead of sampling"}))),
+    Command("train-student", "train_student:run", "train an smp student on pseudo-labels (--synth) and/or real labels",
+            (Option(("--labels",), "labels", {"type": int, "metavar": "N", "help": "number of real labeled training images"}),
+             Option(("--synth",), "inputs.synth", {"metavar": "DIR", "help": "synthesize run folder (pseudo-labels)"}),
+             Option(("--backbone",), "inputs.backbone", {"metavar": "DIR", "help": "encoder weights file or run folder"}))),
+    Command("eval", "eval:run", "evaluate a student or a head on a labeled split (metrics, overlays, confusion)",
+            (Option(("--student",), "inputs.student", {"metavar": "DIR", "help": "train-student run folder"}),
+             Option(("--head",), "inputs.head", {"metavar": "DIR", "help": "train-head run folder"}),
+             Option(("--teacher",), "inputs.teacher", {"metavar": "DIR", "help": "the head's teacher (default: from its run)"}),
+             Option(("--split",), "split", {"help": "train, val or test"}))),
+    Command("demo", "demo:run", "the whole chain on the embedded default data, ending with a results table",
+            (Option(("--labels",), "labels", {"type": int, "metavar": "N", "help": "number of labeled images"}),)),
 )}
 
 
@@ -141,7 +159,8 @@ def option_overrides(cmd: Command, ns: argparse.Namespace) -> list[str]:
         value = getattr(ns, opt.flags[0].lstrip("-").replace("-", "_"), None)
         if opt.key and value is not None:
             out.append(f"{opt.key}={value}")
-    if getattr(ns, "images", None):
+    images = next((o for o in cmd.options if o.flags[0] == "--images"), None)
+    if images is not None and images.key is None and getattr(ns, "images", None):  # fit-teacher: a data set
         out += ["data=images", f"data.root={ns.images}"]
     return out
 

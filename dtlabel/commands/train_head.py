@@ -87,16 +87,29 @@ class _Indexed(Dataset):
 
 class TeacherFeatures:
     """Teacher features of images at the data size: resized to the teacher's size, then computed
-    online or read from / written to a :class:`FeatureCache`."""
+    online or read from / written to a :class:`FeatureCache`.
 
-    def __init__(self, teacher: Teacher, cache: FeatureCache | None = None) -> None:
-        self.teacher, self.cache = teacher, cache
+    ``chunk`` bounds the images per teacher forward (null: the whole batch). The UNet's activations
+    for ``chunk x timesteps`` images, not the features, dominate peak memory at large sizes; per-image
+    noise seeds make the result independent of the chunking.
+    """
+
+    def __init__(self, teacher: Teacher, cache: FeatureCache | None = None, chunk: int | None = None) -> None:
+        self.teacher, self.cache, self.chunk = teacher, cache, chunk
 
     def __call__(self, images: torch.Tensor, seeds: Sequence[int]) -> dict[str, torch.Tensor]:
+        seeds = list(seeds)
+        step = int(self.chunk or len(seeds)) or 1
+        parts = [self._features(images[s:s + step], seeds[s:s + step]) for s in range(0, len(seeds), step)]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _features(self, images: torch.Tensor, seeds: list[int]) -> dict[str, torch.Tensor]:
         x = to_teacher_size(images, self.teacher.image_size).to(self.teacher.device)
         if self.cache is not None:
-            return self.cache.features(self.teacher, x, seeds=list(seeds))
-        return self.teacher.features(x, seed=list(seeds))
+            return self.cache.features(self.teacher, x, seeds=seeds)
+        return self.teacher.features(x, seed=seeds)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -113,7 +126,7 @@ def _check_options(hc: DictConfig) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "log_every", "cache_draws"):
         if int(hc[key]) < 1:
             raise ConfigError(f"head.{key}={hc[key]} must be >= 1")
-    for key in ("steps", "micro_batch"):
+    for key in ("steps", "micro_batch", "teacher_batch"):
         if hc.get(key) is not None and int(hc[key]) < 1:
             raise ConfigError(f"head.{key}={hc[key]} must be >= 1 or null")
     if int(hc.val_size) < 0 or int(hc.overlays) < 0 or int(hc.warmup_steps) < 0:
@@ -220,7 +233,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     cache = None
     if bool(hc.cache):
         cache = FeatureCache(Path(str(hc.cache_dir)) if hc.get("cache_dir") else run.path / "feature_cache")
-    feats = TeacherFeatures(teacher, cache)
+    feats = TeacherFeatures(teacher, cache, chunk=int(hc.teacher_batch) if hc.get("teacher_batch") else None)
 
     result = _train(head, feats, source, label_ids, val_ids, size, hc, seed, run.path, int(cfg.num_workers),
                     progress=not getattr(args, "quiet", False))
