@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import logging
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     desc: dict[str, Any] = {
         "teacher": "teacher", "family": "ddpm", "size": list(size), "steps": result.steps,
         "steps_planned": int(fit.steps), "stopped_early": result.stopped_early,
-        "final_loss": round(result.final_loss, 6), "images_per_second": round(result.images_per_second, 3),
+        "final_loss": None if math.isnan(result.final_loss) else round(result.final_loss, 6), "images_per_second": round(result.images_per_second, 3),
         "data": bundle.name, "num_images": len(images),
     }
     if dist.is_main():
