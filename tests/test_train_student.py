@@ -104,6 +104,12 @@ def test_synth_soft_kd(synth: Path, tmp_path: Path) -> None:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["synth"] for r in rows if "synth" in r]
     assert len(losses) == 6 and all(0 <= v < 50 for v in losses)
+    # the head's labeled images are kept out of the student's validation slice
+    head_ids = json.loads((synth.parent / "head" / "labels.json").read_text())["ids"]
+    manifest = json.loads((synth / "manifest.json").read_text())
+    assert manifest["head"]["label_ids"] == head_ids and len(head_ids) == 8
+    val_ids = json.loads((out / "labels.json").read_text())["val_ids"]
+    assert val_ids and not set(val_ids) & set(head_ids)
 
 
 def test_synth_hard_mixed_with_real(synth: Path, tmp_path: Path) -> None:

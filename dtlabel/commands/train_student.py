@@ -341,7 +341,9 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
         if not bundle.splits.get("train"):
             raise DataError(f"data set {bundle.name} has no training images for --labels; set data.splits.train")
         label_ids = choose_labels(source, bundle.splits["train"], n_labels, label_seed)
-    val_ids, val_origin = validation_ids(bundle, label_ids, int(sc.val_size), label_seed)
+    # the head that made the pseudo-labels saw its own labeled images: keep them out of validation too
+    head_labels = list(((synth.manifest.get("head") or {}).get("label_ids") or [])) if synth is not None else []
+    val_ids, val_origin = validation_ids(bundle, [*label_ids, *head_labels], int(sc.val_size), label_seed)
     test_ids = list(bundle.splits["test"])
     if rank == 0:
         write_json(run.path / "labels.json", {

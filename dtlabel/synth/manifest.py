@@ -66,7 +66,8 @@ def build_manifest(path: Path, plan: dict[str, Any], ranges: list[tuple[int, int
         "skipped": skipped,
         "teacher": {"hash": plan["teacher_hash"], "path": str(cfg.inputs.teacher), **_teacher_info(teacher)},
         "head": {"hash": plan["head_hash"], "path": str(cfg.inputs.head), "kind": head.kind,
-                 "trained_on_teacher": head.meta.get("teacher_hash")},
+                 "trained_on_teacher": head.meta.get("teacher_hash"),
+                 "label_ids": head.meta.get("label_ids")},  # students keep them out of their validation slice
         "sampler": plan.get("sampler"),
         "sample_steps": plan.get("sample_steps"),
         "source": source,
