@@ -144,3 +144,30 @@ def test_resume_finished_run_reexports_fp16(full_run: Path, tmp_path: Path) -> N
     teacher = load_teacher(out)
     feats = teacher.features(torch.zeros(1, 3, 16, 16))
     assert all(f.dtype == torch.float32 for f in feats.values())
+
+
+def test_export_checkpoint_matches_final_teacher(full_run: Path, tmp_path: Path) -> None:
+    from dtlabel.teachers.fit import checkpoint_steps, export_checkpoint
+
+    assert checkpoint_steps(full_run) == [4, 6]
+    out = export_checkpoint(full_run, 6, tmp_path / "t6")
+    assert _same(load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors")), _weights(full_run))
+    assert json.loads((out / "dtlabel_teacher.json").read_text())["trained_steps"] == 6
+
+
+def test_export_missing_checkpoint(full_run: Path, tmp_path: Path) -> None:
+    from dtlabel.errors import ConfigError
+    from dtlabel.teachers.fit import export_checkpoint
+
+    with pytest.raises(ConfigError, match=r"no complete checkpoint at step 2 \(have: 4, 6\)"):
+        export_checkpoint(full_run, 2, tmp_path / "t2")
+
+
+def test_keep_every_keeps_checkpoints_for_good(tmp_path: Path) -> None:
+    from dtlabel.cli import main
+    from dtlabel.teachers.fit import checkpoint_steps
+
+    out = tmp_path / "keep"
+    assert main([*ARGS, "fit.keep_checkpoints=1", "fit.keep_every=2", "fit.steps=5", "fit.checkpoint_every=1",
+                 "--out", str(out)]) == 0
+    assert checkpoint_steps(out) == [2, 4, 5]

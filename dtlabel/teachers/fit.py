@@ -132,6 +132,7 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(int(cfg.warmup_steps), steps, float(cfg.min_lr_ratio)))
     ema = EMAModel(unet.parameters(), decay=float(cfg.ema_decay), use_ema_warmup=True, power=0.75)
     ckpt_dir = out / "checkpoints"
+    keep_every = int(cfg.get("keep_every") or 0)
     if str(cfg.get("export_dtype", "fp32")) not in ("fp32", "fp16"):
         raise ConfigError(f"fit.export_dtype={cfg.export_dtype}: expected fp32 or fp16")
     start = 0
@@ -205,16 +206,16 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
                     f.write(json.dumps(rec) + "\n")
                 log.debug("step %d loss %.5f (avg %.5f) lr %.2e", done, lv, loss_avg, rec["lr"])
             if done % int(cfg.checkpoint_every) == 0 or done == steps:
-                _save_checkpoint(ckpt_dir, done, unet, ema, opt, sched, int(cfg.keep_checkpoints))
+                _save_checkpoint(ckpt_dir, done, unet, ema, opt, sched, int(cfg.keep_checkpoints), keep_every)
             if elapsed > max_seconds and done < steps:
                 log.warning("time budget of %s minutes reached at step %d of %d; checkpointed, continue with --resume",
                             cfg.max_minutes, done, steps)
-                _save_checkpoint(ckpt_dir, done, unet, ema, opt, sched, int(cfg.keep_checkpoints))
+                _save_checkpoint(ckpt_dir, done, unet, ema, opt, sched, int(cfg.keep_checkpoints), keep_every)
                 stopped = True
                 break
     except KeyboardInterrupt:
         if step > start:
-            _save_checkpoint(ckpt_dir, step, unet, ema, opt, sched, int(cfg.keep_checkpoints))
+            _save_checkpoint(ckpt_dir, step, unet, ema, opt, sched, int(cfg.keep_checkpoints), keep_every)
         raise
     finally:
         bar.close()
@@ -241,7 +242,7 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
 
 
 def _save_checkpoint(folder: Path, step: int, unet: torch.nn.Module, ema: Any, opt: torch.optim.Optimizer,
-                     sched: Any, keep: int) -> None:
+                     sched: Any, keep: int, keep_every: int = 0) -> None:
     if not dist.is_main():
         return
     target = folder / f"step_{step:07d}"
@@ -252,7 +253,57 @@ def _save_checkpoint(folder: Path, step: int, unet: torch.nn.Module, ema: Any, o
         torch.save({"step": step, "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
                     "ema_step": ema.optimization_step}, tmp / "state.pt")
     for old in _checkpoints(folder)[:-max(1, keep)]:
+        if keep_every and _step_of(old) % keep_every == 0:
+            continue  # kept for good: measuring feature quality against training time
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.split("_")[1])
+
+
+def checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """Steps of the complete checkpoints in a fit-teacher run folder."""
+    return [_step_of(p) for p in _checkpoints(Path(run_dir) / "checkpoints")]
+
+
+def export_checkpoint(run_dir: str | Path, step: int, out: str | Path, dtype: str = "fp32") -> Path:
+    """Write checkpoint ``step`` of a fit-teacher run (its EMA weights) as a diffusers DDPM folder.
+
+    The run's ``config.yaml`` gives the UNet and scheduler settings. Used to measure how feature
+    quality grows with training time (``fit.keep_every`` keeps the checkpoints to compare).
+    """
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoints" / f"step_{int(step):07d}"
+    if not (ckpt / "ema.safetensors").is_file():
+        have = ", ".join(map(str, checkpoint_steps(run_dir))) or "none"
+        raise ConfigError(f"{run_dir}: no complete checkpoint at step {step} (have: {have})")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    fit = cfg.fit
+    size = [int(s) for s in (fit.size if fit.get("size") else cfg.data.size)]
+    unet = build_unet(fit.model, size)
+    ema = load_file(str(ckpt / "ema.safetensors"))
+    params = list(unet.parameters())
+    if len(ema) != len(params):
+        raise ConfigError(f"{ckpt}: {len(ema)} EMA tensors for a UNet with {len(params)} parameters; "
+                          "the run's config.yaml does not match its checkpoints")
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(ema[f"p{i}"])
+    unet.eval()
+    if dtype == "fp16":
+        unet = unet.half()
+    scheduler = DDPMScheduler(num_train_timesteps=int(fit.num_train_timesteps), beta_schedule=str(fit.beta_schedule),
+                              prediction_type=str(fit.prediction_type))
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
+        write_text(tmp / "dtlabel_teacher.json", json.dumps(
+            {"family": "ddpm", "trained_steps": int(step), "size": size, "seed": int(cfg.seed),
+             "from_run": run_dir.name}, indent=2))
+    return out
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
