@@ -115,7 +115,9 @@ def results_table(rows: list[tuple[str, dict[str, Any]]], class_names: list[str]
     return "\n".join(lines)
 
 
-def _results_plot(path: Path, rows: list[tuple[str, dict[str, Any]]], class_names: list[str]) -> None:
+def results_plot(path: Path, rows: list[tuple[str, dict[str, Any]]], class_names: list[str],
+                 title: str = "dtlabel demo: head vs students") -> None:
+    """Grouped bar chart of per-class test IoU and mIoU, one bar per model (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +135,7 @@ def _results_plot(path: Path, rows: list[tuple[str, dict[str, Any]]], class_name
     ax.set_ylabel("test IoU (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, loc="upper right")
-    ax.set_title("dtlabel demo: head vs students", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
@@ -171,7 +173,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     write_text(run.path / "results.md", (
         f"# dtlabel demo results (default data, {labels} labels, test split of "
         f"{rows[0][1].get('n_test', '?')} images, IoU in %)\n\n{table}\n"))
-    _results_plot(run.path / "results.png", rows, class_names)
+    results_plot(run.path / "results.png", rows, class_names)
     write_json(run.path / "results.json", {key: {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"],
                                                  "per_class_iou": m["per_class_iou"]}
                                            for (key, _), (_, m) in zip(ROWS, rows)})

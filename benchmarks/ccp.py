@@ -1,0 +1,135 @@
+"""The CCP coarse-8 experiment: heads, students and the scratch baseline for one label count and draw.
+
+Each stage is an ordinary ``dtlabel`` command with its own run folder under ``--out`` (named
+``<stage>-<N>``, e.g. ``head-int-50``); a stage whose folder holds ``run.json`` is skipped and an
+unfinished one continues with ``--resume``, so the script can be stopped and started again. The
+stages (``--stages`` picks some, in this order):
+
+- ``scratch``:      ``train-student --labels N`` (the baseline: smp Unet-resnet18 on the N labels only)
+- ``head-int``:     ``train-head --labels N`` (interpreter head on the teacher's features)
+- ``head-mlp``:     ``train-head --labels N head.kind=mlp-ensemble`` (pixel-MLP ensemble)
+- ``synth-img``:    ``synthesize --images UNLABELED`` with the head of the better *validation* mIoU
+                    (pseudo-labels of the real unlabeled photos, at the data size)
+- ``student-pr``:   ``train-student --synth synth-img --labels N`` (pseudo-labels + the N real labels)
+- ``student-p``:    ``train-student --synth synth-img`` (pseudo-labels only)
+- ``synth-sampled``: ``synthesize --n SAMPLES`` (teacher samples labeled by the same head)
+
+At the end it prints the test table of the finished heads and students (and the class pixel share
+of the synth sets next to the real labels'), and writes it to ``OUT/results-<N>.md``. Test split:
+the data set's (CCP: 0805-1004), never used for selection. Example (the rows in docs/RESULTS.md)::
+
+    OMP_NUM_THREADS=1 python benchmarks/ccp.py --data-root PATH/ccp --labels 50 --out runs/ccp
+    OMP_NUM_THREADS=1 python benchmarks/ccp.py --data-root PATH/ccp --labels 10 --stages scratch head-int head-mlp
+
+``--label-seed S`` draws another set of N labels (``head.label_seed`` / ``student.label_seed``);
+extra ``key=value`` words go to every stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+STAGES = ("scratch", "head-int", "head-mlp", "synth-img", "student-pr", "student-p", "synth-sampled")
+LABELS = {"scratch": "scratch student (N real labels)", "head-int": "head: interpreter",
+          "head-mlp": "head: mlp-ensemble", "student-pr": "student (pseudo-labels + N real labels)",
+          "student-p": "student (pseudo-labels only)"}
+
+
+def _done(folder: Path) -> bool:
+    return (folder / "run.json").is_file()
+
+
+def _val_miou(folder: Path) -> float:
+    return json.loads((folder / "run.json").read_text()).get("val_miou") or -1.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-root", required=True, help="the prepared CCP folder (datasets/ccp)")
+    p.add_argument("--data", default="ccp", help="data config (ccp | ccp_fine)")
+    p.add_argument("--teacher", default="models/ccp")
+    p.add_argument("--labels", type=int, default=50)
+    p.add_argument("--label-seed", type=int, default=None, help="label draw (default: the global seed, 0)")
+    p.add_argument("--samples", type=int, default=2000, help="synth-sampled: number of samples")
+    p.add_argument("--sample-steps", type=int, default=10, help="synth-sampled: DDIM steps")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--out", default="runs/ccp")
+    p.add_argument("overrides", nargs="*", help="key=value for every stage")
+    args = p.parse_args(argv)
+
+    out, n = Path(args.out), args.labels
+    data = [f"data={args.data}", f"data.root={args.data_root}"]
+    draw_h = [f"head.label_seed={args.label_seed}"] if args.label_seed is not None else []
+    draw_s = [f"student.label_seed={args.label_seed}"] if args.label_seed is not None else []
+    folder = {s: out / f"{s}-{n}" for s in STAGES}
+    unlabeled = Path(args.data_root) / "unlabeled" / "images"
+
+    def head() -> Path:
+        heads = [folder[h] for h in ("head-int", "head-mlp") if _done(folder[h])]
+        if not heads:
+            raise SystemExit("synthesize stages need a finished head-int or head-mlp stage")
+        return max(heads, key=_val_miou)
+
+    def size() -> str:
+        from dtlabel.config import compose
+
+        cfg = compose("train-student", data + list(args.overrides))
+        return f"synth.size=[{int(cfg.data.size[0])},{int(cfg.data.size[1])}]"
+
+    commands = {
+        "scratch": lambda: ["train-student", "--labels", str(n), *draw_s],
+        "head-int": lambda: ["train-head", "--labels", str(n), "--teacher", args.teacher, *draw_h],
+        "head-mlp": lambda: ["train-head", "--labels", str(n), "--teacher", args.teacher, "head.kind=mlp-ensemble",
+                             *draw_h],
+        "synth-img": lambda: ["synthesize", "--images", str(unlabeled), "--teacher", args.teacher, "--head", str(head()),
+                              size()],
+        "student-pr": lambda: ["train-student", "--synth", str(folder["synth-img"]), "--labels", str(n), *draw_s],
+        "student-p": lambda: ["train-student", "--synth", str(folder["synth-img"]), *draw_s],
+        "synth-sampled": lambda: ["synthesize", "--n", str(args.samples), "--teacher", args.teacher, "--head",
+                                  str(head()), f"synth.sample_steps={args.sample_steps}"],
+    }
+    for stage in STAGES:
+        if stage not in args.stages or _done(folder[stage]):
+            continue
+        cmd = [sys.executable, "-m", "dtlabel.cli", *commands[stage](), "--preset", args.preset, *data,
+               *args.overrides, "--out", str(folder[stage])]
+        if folder[stage].exists():
+            cmd.append("--resume")
+        print("+ dtlabel", shlex.join(cmd[3:]), flush=True)
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            print(f"stage {stage} failed (exit {rc}); see {folder[stage]}", file=sys.stderr)
+            return rc
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results_table import metrics_table, synth_table
+
+    rows = [(LABELS[s], folder[s]) for s in ("head-int", "head-mlp", "student-pr", "student-p", "scratch")
+            if _done(folder[s])]
+    text = []
+    if rows:
+        table, _, _ = metrics_table(rows)
+        text.append(f"CCP ({args.data}), N = {n}, label draw {args.label_seed if args.label_seed is not None else 0}, "
+                    f"test split, IoU in %\n\n{table}")
+    synths = [(s, folder[s]) for s in ("synth-img", "synth-sampled") if _done(folder[s])]
+    if synths:
+        text.append(synth_table(synths, data))
+    if text:
+        body = "\n\n".join(text) + "\n"
+        print("\n" + body)
+        (out / f"results-{n}.md").write_text(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

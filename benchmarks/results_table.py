@@ -1,0 +1,116 @@
+"""Markdown tables from finished run folders: test metrics of heads and students, class shares of synth sets.
+
+Every ``train-head``, ``train-student`` and ``eval`` run folder holds a ``metrics.json`` (test mIoU,
+pixel accuracy, per-class IoU); every ``synthesize`` run folder a ``manifest.json`` (class pixel
+histogram, uncertainty-score quantiles). This script only reads them, so a table in docs/RESULTS.md
+can be rebuilt from the runs at any time::
+
+    python benchmarks/results_table.py "head, interpreter=runs/ccp/head-int-50" \\
+        "scratch student=runs/ccp/scratch-50" [--png docs/ccp/n50.png] [--title "CCP, N = 50"]
+    python benchmarks/results_table.py --synth "sampled=runs/ccp/synth-sampled" \\
+        "real images=runs/ccp/synth-img-50" --real data=ccp data.root=PATH/ccp
+
+``--real`` adds the labeled pool's class pixel share (as ``dtlabel data check`` prints it) as the
+reference row of the synth table; the words after it are ``data=...`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def _pairs(items: list[str]) -> list[tuple[str, Path]]:
+    out = []
+    for item in items:
+        label, sep, path = item.rpartition("=")
+        if not sep or not label:
+            raise SystemExit(f"{item!r}: expected LABEL=RUN_FOLDER")
+        out.append((label, Path(path)))
+    return out
+
+
+def _read(path: Path, name: str) -> dict[str, Any]:
+    f = path / name
+    if not (path / "run.json").is_file():
+        raise SystemExit(f"{path}: unfinished run (no run.json)")
+    if not f.is_file():
+        raise SystemExit(f"{path}: no {name}")
+    return json.loads(f.read_text())
+
+
+def _minutes(path: Path) -> str:
+    run = json.loads((path / "run.json").read_text())
+    sec = run.get("seconds")
+    return f"{sec / 60:.0f}" if isinstance(sec, (int, float)) else "-"
+
+
+def metrics_table(rows: list[tuple[str, Path]]) -> tuple[str, list[tuple[str, dict[str, Any]]], list[str]]:
+    from dtlabel.commands.demo import results_table
+
+    loaded = [(label, _read(path, "metrics.json")) for label, path in rows]
+    names = list((loaded[0][1].get("per_class_iou") or {}).keys())
+    table = results_table(loaded, names)
+    lines = table.splitlines()
+    # one more column: the run's wall time
+    lines[0] += " minutes |"
+    lines[1] += "---|"
+    for k, (_, path) in enumerate(rows):
+        lines[2 + k] += f" {_minutes(path)} |"
+    return "\n".join(lines), loaded, names
+
+
+def synth_table(rows: list[tuple[str, Path]], real: list[str] | None) -> str:
+    manifests = [(label, _read(path, "manifest.json")) for label, path in rows]
+    names = list(manifests[0][1]["class_names"])
+    lines = ["| pixel share (%) | samples | " + " | ".join(names) + " |", "|---" * (2 + len(names)) + "|"]
+    if real is not None:
+        from dtlabel.config import compose
+        from dtlabel.data import build_data
+        from dtlabel.data.check import check_bundle
+
+        cfg = compose("data-check", real)
+        bundle = build_data(cfg.data)
+        rep = check_bundle(bundle, progress=False)
+        lines.append(f"| real labels ({bundle.name}) | {rep.labeled} | "
+                     + " | ".join(f"{100 * s:.2f}" for s in rep.pixel_share) + " |")
+    for label, m in manifests:
+        share = m.get("class_pixel_share") or []
+        lines.append(f"| {label} | {m.get('count')} | " + " | ".join(f"{100 * s:.2f}" for s in share) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="*", help="LABEL=RUN_FOLDER of train-head / train-student / eval runs")
+    p.add_argument("--synth", nargs="+", metavar="LABEL=RUN", help="synthesize run folders (class share table)")
+    p.add_argument("--real", nargs="*", metavar="KEY=VALUE", help="data overrides of the real reference row")
+    p.add_argument("--png", help="also write a per-class IoU bar chart of the metrics table")
+    p.add_argument("--title", default="test IoU per class")
+    args = p.parse_args(argv)
+    if args.runs:
+        table, loaded, names = metrics_table(_pairs(args.runs))
+        print(table)
+        if args.png:
+            from dtlabel.commands.demo import results_plot
+
+            Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+            results_plot(Path(args.png), loaded, names, title=args.title)
+    if args.synth:
+        if args.runs:
+            print()
+        print(synth_table(_pairs(args.synth), args.real))
+    if not args.runs and not args.synth:
+        p.error("give run folders and/or --synth run folders")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
