@@ -231,6 +231,37 @@ def test_sigkill_then_resume_ends_with_exactly_n(models: tuple[Path, Path], samp
     _same(_decoded(out), _decoded(sampled))  # other shard and batch sizes, a restart: same samples
 
 
+def test_images_mode_sigkill_then_resume_one_sample_per_image(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """--images, killed mid-run: the same command with --resume ends with exactly one sample per image,
+    each index once, equal to an uninterrupted run's."""
+    folder = _image_folder(tmp_path / "imgs", n=48)
+    out, ref = tmp_path / "killed", tmp_path / "ref"
+    extra = ("--images", str(folder), "synth.samples_per_shard=2", "synth.batch_size=1", "synth.size=[64,64]")
+    cmd = [sys.executable, "-m", "dtlabel.cli", *_args(models, *extra, "--out", str(out))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "shards").glob("*.tar"))) < 2:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "run.json").exists(), "the run finished before it could be killed"
+    assert 2 <= len(list((out / "shards").glob("*.tar"))) < 24
+    res = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["mode"] == "image" and m["count"] == 48 and len(m["shards"]) == 24
+    seen = []
+    for sh in m["shards"]:
+        with tarfile.open(out / sh["name"]) as tar:
+            seen += sorted({int(n.split(".")[0]) for n in tar.getnames()})
+    assert seen == list(range(48))
+    assert main(_args(models, *extra, "synth.samples_per_shard=5", "synth.batch_size=3", "--out", str(ref))) == 0
+    killed, whole = _decoded(out), _decoded(ref)
+    _same(killed, whole)
+    assert [killed[i]["file"] for i in range(48)] == [whole[i]["file"] for i in range(48)]
+
+
 def test_determinism_across_shard_and_batch_sizes(models: tuple[Path, Path], sampled: Path, tmp_path: Path) -> None:
     out = tmp_path / "other_sizes"
     assert main(_args(models, "--n", "10", "synth.samples_per_shard=5", "synth.batch_size=1", "synth.preview=0",
