@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dtlabel demo --out runs/demo --resume
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	$(PY) -m pytest -q
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""

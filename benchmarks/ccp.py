@@ -82,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def size() -> str:
         from dtlabel.config import compose
+        from dtlabel.data import data_size
 
-        cfg = compose("train-student", data + list(args.overrides))
-        return f"synth.size=[{int(cfg.data.size[0])},{int(cfg.data.size[1])}]"
+        h, w = data_size(compose("train-student", data + list(args.overrides)).data)
+        return f"synth.size=[{h},{w}]"
 
     commands = {
         "scratch": lambda: ["train-student", "--labels", str(n), *draw_s],

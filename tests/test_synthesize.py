@@ -200,6 +200,25 @@ def test_head_of_another_teacher_is_refused(models: tuple[Path, Path], tmp_path:
     assert "was trained on teacher" in e
 
 
+def _kill_after_shards(cmd: list[str], env: dict[str, str], out: Path, shards: int) -> None:
+    """Start ``cmd`` and SIGKILL it as soon as ``shards`` committed shards exist in ``out``."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "shards").glob("*.tar"))) < shards:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _shard_indices(out: Path, manifest: dict) -> list[int]:
+    """Sample indices of every shard of the manifest, shard by shard, as the tar files hold them."""
+    seen: list[int] = []
+    for sh in manifest["shards"]:
+        with tarfile.open(out / sh["name"]) as tar:
+            seen += sorted({int(n.split(".")[0]) for n in tar.getnames()})
+    return seen
+
+
 def test_sigkill_then_resume_ends_with_exactly_n(models: tuple[Path, Path], sampled: Path, tmp_path: Path) -> None:
     """Killed mid-run, the same command with --resume ends with all 24 indices once; a shard whose bytes
     no longer match its sidecar hash is written again; samples equal the uninterrupted run's."""
@@ -207,12 +226,7 @@ def test_sigkill_then_resume_ends_with_exactly_n(models: tuple[Path, Path], samp
     cmd = [sys.executable, "-m", "dtlabel.cli", *_args(models, "--n", "24", "synth.samples_per_shard=3",
                                                         "synth.batch_size=2", "--out", str(out))]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "shards").glob("*.tar"))) < 2:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_after_shards(cmd, env, out, 2)
     assert not (out / "run.json").exists(), "the run finished before it could be killed"
     done_before = sorted((out / "shards").glob("*.tar"))
     assert 2 <= len(done_before) < 8
@@ -223,10 +237,7 @@ def test_sigkill_then_resume_ends_with_exactly_n(models: tuple[Path, Path], samp
     m = json.loads((out / "manifest.json").read_text())
     assert m["count"] == 24 and len(m["shards"]) == 8 and all(s["count"] == 3 for s in m["shards"])
     assert not list(out.rglob(".*tmp"))
-    seen = []
-    for sh in m["shards"]:
-        with tarfile.open(out / sh["name"]) as tar:
-            seen += sorted({int(n.split(".")[0]) for n in tar.getnames()})
+    seen = _shard_indices(out, m)
     assert seen == list(range(24))
     _same(_decoded(out), _decoded(sampled))  # other shard and batch sizes, a restart: same samples
 
@@ -239,22 +250,14 @@ def test_images_mode_sigkill_then_resume_one_sample_per_image(models: tuple[Path
     extra = ("--images", str(folder), "synth.samples_per_shard=2", "synth.batch_size=1", "synth.size=[64,64]")
     cmd = [sys.executable, "-m", "dtlabel.cli", *_args(models, *extra, "--out", str(out))]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "shards").glob("*.tar"))) < 2:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_after_shards(cmd, env, out, 2)
     assert not (out / "run.json").exists(), "the run finished before it could be killed"
     assert 2 <= len(list((out / "shards").glob("*.tar"))) < 24
     res = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())
     assert m["mode"] == "image" and m["count"] == 48 and len(m["shards"]) == 24
-    seen = []
-    for sh in m["shards"]:
-        with tarfile.open(out / sh["name"]) as tar:
-            seen += sorted({int(n.split(".")[0]) for n in tar.getnames()})
+    seen = _shard_indices(out, m)
     assert seen == list(range(48))
     assert main(_args(models, *extra, "synth.samples_per_shard=5", "synth.batch_size=3", "--out", str(ref))) == 0
     killed, whole = _decoded(out), _decoded(ref)
