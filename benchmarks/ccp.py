@@ -13,6 +13,7 @@ stages (``--stages`` picks some, in this order):
 - ``student-pr``:   ``train-student --synth synth-img --labels N`` (pseudo-labels + the N real labels)
 - ``student-p``:    ``train-student --synth synth-img`` (pseudo-labels only)
 - ``synth-sampled``: ``synthesize --n SAMPLES`` (teacher samples labeled by the same head)
+- ``student-s``:    ``train-student --synth synth-sampled --labels N`` (sampled pseudo-labels + the N real labels)
 
 At the end it prints the test table of the finished heads and students (and the class pixel share
 of the synth sets next to the real labels'), and writes it to ``OUT/results-<N>.md``. Test split:
@@ -22,7 +23,8 @@ the data set's (CCP: 0805-1004), never used for selection. Example (the rows in 
     OMP_NUM_THREADS=1 python benchmarks/ccp.py --data-root PATH/ccp --labels 10 --stages scratch head-int head-mlp
 
 ``--label-seed S`` draws another set of N labels (``head.label_seed`` / ``student.label_seed``);
-extra ``key=value`` words go to every stage.
+its run folders are ``<stage>-<N>-s<S>`` and its table ``results-<N>-s<S>.md`` (draw 0 keeps the plain
+names). Extra ``key=value`` words go to every stage.
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-STAGES = ("scratch", "head-int", "head-mlp", "synth-img", "student-pr", "student-p", "synth-sampled")
+STAGES = ("scratch", "head-int", "head-mlp", "synth-img", "student-pr", "student-p", "synth-sampled", "student-s")
 LABELS = {"scratch": "scratch student (N real labels)", "head-int": "head: interpreter",
           "head-mlp": "head: mlp-ensemble", "student-pr": "student (pseudo-labels + N real labels)",
-          "student-p": "student (pseudo-labels only)"}
+          "student-p": "student (pseudo-labels only)",
+          "student-s": "student (sampled pseudo-labels + N real labels)"}
 
 
 def _done(folder: Path) -> bool:
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     data = [f"data={args.data}", f"data.root={args.data_root}"]
     draw_h = [f"head.label_seed={args.label_seed}"] if args.label_seed is not None else []
     draw_s = [f"student.label_seed={args.label_seed}"] if args.label_seed is not None else []
-    folder = {s: out / f"{s}-{n}" for s in STAGES}
+    draw = f"-s{args.label_seed}" if args.label_seed else ""
+    folder = {s: out / f"{s}-{n}{draw}" for s in STAGES}
     unlabeled = Path(args.data_root) / "unlabeled" / "images"
 
     def head() -> Path:
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "student-p": lambda: ["train-student", "--synth", str(folder["synth-img"]), *draw_s],
         "synth-sampled": lambda: ["synthesize", "--n", str(args.samples), "--teacher", args.teacher, "--head",
                                   str(head()), f"synth.sample_steps={args.sample_steps}"],
+        "student-s": lambda: ["train-student", "--synth", str(folder["synth-sampled"]), "--labels", str(n), *draw_s],
     }
     for stage in STAGES:
         if stage not in args.stages or _done(folder[stage]):
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from results_table import metrics_table, synth_table
 
-    rows = [(LABELS[s], folder[s]) for s in ("head-int", "head-mlp", "student-pr", "student-p", "scratch")
+    rows = [(LABELS[s], folder[s]) for s in ("head-int", "head-mlp", "student-pr", "student-p", "student-s", "scratch")
             if _done(folder[s])]
     text = []
     if rows:
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if text:
         body = "\n\n".join(text) + "\n"
         print("\n" + body)
-        (out / f"results-{n}.md").write_text(body)
+        (out / f"results-{n}{draw}.md").write_text(body)
     return 0
 
 

@@ -171,3 +171,59 @@ def test_keep_every_keeps_checkpoints_for_good(tmp_path: Path) -> None:
     assert main([*ARGS, "fit.keep_checkpoints=1", "fit.keep_every=2", "fit.steps=5", "fit.checkpoint_every=1",
                  "--out", str(out)]) == 0
     assert checkpoint_steps(out) == [2, 4, 5]
+
+
+def test_moved_run_folder_resumes_to_the_same_teacher(full_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from dtlabel.cli import main
+
+    first = tmp_path / "machine-a" / "run"
+    assert main([*ARGS, "fit.max_minutes=0", "--out", str(first)]) == 0
+    moved = tmp_path / "machine-b" / "elsewhere"
+    shutil.move(str(first.parent), str(moved.parent))
+    moved = moved.parent / "run"
+    assert main([*ARGS, "--resume", "--out", str(moved)]) == 0
+    assert json.loads((moved / "run.json").read_text())["steps"] == 6
+    assert _same(_weights(moved), _weights(full_run))
+
+
+def test_init_from_trains_an_existing_teacher_further(full_run: Path, tmp_path: Path) -> None:
+    from dtlabel.cli import main
+
+    # lr 0: the weights stay those of the initial teacher (proves they were loaded, whatever fit.model says)
+    frozen = tmp_path / "frozen"
+    assert main([*ARGS, "fit.steps=2", "fit.lr=0", f"fit.init_from={full_run}", "fit.model.block_out_channels=[8,8,8]",
+                 "--out", str(frozen)]) == 0
+    assert _same(_weights(frozen), _weights(full_run))
+    meta = json.loads((frozen / "teacher" / "dtlabel_teacher.json").read_text())
+    assert meta["trained_steps"] == 8 and meta["init_steps"] == 6 and meta["run_steps"] == 2
+    desc = json.loads((frozen / "run.json").read_text())
+    assert desc["init_steps"] == 6 and desc["total_steps"] == 8
+    # trained further: other weights, and a run stopped, moved away from the initial teacher's folder
+    # and resumed ends where an uninterrupted one does
+    whole = tmp_path / "whole"
+    assert main([*ARGS, "fit.steps=4", f"fit.init_from={full_run / 'teacher'}", "--out", str(whole)]) == 0
+    assert not _same(_weights(whole), _weights(full_run))
+    part = tmp_path / "part"
+    assert main([*ARGS, "fit.steps=4", f"fit.init_from={full_run / 'teacher'}", "fit.max_minutes=0",
+                 "--out", str(part)]) == 0
+    assert json.loads((part / "run.json").read_text())["steps"] == 1
+    moved = tmp_path / "moved"
+    part.rename(moved)
+    assert main([*ARGS, "fit.steps=4", "fit.init_from=/nonexistent/now", "--resume", "--out", str(moved)]) == 0
+    assert _same(_weights(moved), _weights(whole))
+
+
+def test_init_from_not_a_ddpm(cli, tmp_path: Path) -> None:
+    sd = tmp_path / "sd"
+    for sub in ("unet", "vae", "text_encoder"):
+        (sd / sub).mkdir(parents=True)
+    code, _, err = cli(*ARGS, f"fit.init_from={sd}", "--out", tmp_path / "r1")
+    assert code == 2 and err.count("\n") == 1 and "only a DDPM teacher" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = cli(*ARGS, f"fit.init_from={empty}", "--out", tmp_path / "r2")
+    assert code == 2 and err.count("\n") == 1 and "no UNet2DModel config.json" in err
+    code, _, err = cli(*ARGS, f"fit.init_from={tmp_path / 'missing'}", "--out", tmp_path / "r3")
+    assert code == 2 and err.count("\n") == 1 and "folder not found" in err

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from dtlabel import dist
 from dtlabel.device import amp_dtype, autocast
-from dtlabel.errors import ConfigError, DTLabelError
+from dtlabel.errors import ConfigError, DTLabelError, ModelError
 from dtlabel.io import atomic_dir, write_text
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,94 @@ def build_unet(model_cfg: DictConfig | dict, size: Sequence[int]):  # noqa: ANN2
         return UNet2DModel(sample_size=tuple(int(s) for s in size), in_channels=3, out_channels=3, **kw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid fit.model settings: {exc}") from None
+
+
+ARCHITECTURE = "architecture.json"
+_SCHEDULER_KEYS = ("num_train_timesteps", "beta_schedule", "prediction_type")
+
+
+def unet_from_config(config: dict[str, Any], size: Sequence[int]):  # noqa: ANN201
+    """A fresh ``UNet2DModel`` of a saved diffusers ``config`` for ``size = (H, W)`` images."""
+    from diffusers import UNet2DModel
+
+    n_down = len(config.get("block_out_channels", ()))
+    for s in size:
+        if int(s) % (2 ** max(0, n_down - 1)):
+            raise ConfigError(f"teacher size {list(size)}: each side must be a multiple of {2 ** (n_down - 1)} "
+                              f"for the UNet of fit.init_from ({n_down} levels); set fit.size or data.size")
+    kw = {k: v for k, v in config.items() if not k.startswith("_")}
+    kw["sample_size"] = [int(s) for s in size]
+    return UNet2DModel.from_config(kw)
+
+
+def init_architecture(path: str | Path) -> dict[str, Any]:
+    """UNet and noise-schedule settings of the DDPM teacher in ``path`` (``fit.init_from``).
+
+    ``path``: a fit-teacher run folder, a ``DDPMPipeline`` folder or a bare ``UNet2DModel`` folder.
+    Raises ``ModelError`` (one line, naming the folder) for anything else.
+    """
+    from dtlabel.teachers.base import read_json, resolve_model_root
+
+    if not Path(path).expanduser().is_dir():
+        raise ModelError(f"fit.init_from {path}: folder not found; pass a fit-teacher run folder or a local "
+                         "diffusers DDPM folder")
+    root = resolve_model_root(path)
+    unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
+    if (root / "vae").is_dir() or (root / "text_encoder").is_dir():
+        raise ModelError(f"fit.init_from {path}: a Stable Diffusion folder; only a DDPM teacher (UNet2DModel) "
+                         "can be trained further by fit-teacher")
+    if not (unet_dir / "config.json").is_file():
+        raise ModelError(f"fit.init_from {path}: no UNet2DModel config.json in {root} or {root / 'unet'}")
+    unet = read_json(unet_dir / "config.json")
+    if unet.get("_class_name") != "UNet2DModel":
+        raise ModelError(f"fit.init_from {path}: {unet_dir / 'config.json'} describes "
+                         f"{unet.get('_class_name')!r}, not a UNet2DModel")
+    if not any(unet_dir.glob("*.safetensors")):
+        raise ModelError(f"fit.init_from {path}: no safetensors weights in {unet_dir}")
+    sched_file = root / "scheduler" / "scheduler_config.json"
+    sched = read_json(sched_file) if sched_file.is_file() else {}
+    meta_file = root / "dtlabel_teacher.json"
+    meta = read_json(meta_file) if meta_file.is_file() else {}
+    return {"unet": unet, "scheduler": {k: sched[k] for k in _SCHEDULER_KEYS if k in sched},
+            "init_from": str(path), "init_steps": int(meta.get("trained_steps") or 0),
+            "init_seed": meta.get("seed")}
+
+
+def _load_init_weights(unet: torch.nn.Module, path: str | Path) -> None:
+    from diffusers import UNet2DModel
+
+    from dtlabel.teachers.base import resolve_model_root
+
+    root = resolve_model_root(path)
+    sub = "unet" if (root / "unet" / "config.json").is_file() else None
+    try:
+        src = UNet2DModel.from_pretrained(root, subfolder=sub, use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"fit.init_from {path}: cannot load the UNet weights: {str(exc).splitlines()[0]}") from None
+    missing, unexpected = unet.load_state_dict({k: v.float() for k, v in src.state_dict().items()}, strict=False)
+    if missing or unexpected:
+        raise ModelError(f"fit.init_from {path}: the weights do not fit the UNet of its config.json "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+
+
+def _run_architecture(out: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The architecture a run trains: its ``architecture.json`` (written at the start of a run with
+    ``fit.init_from``, so that a moved run resumes without the original folder), else that of
+    ``fit.init_from``, else None (``fit.model`` from scratch)."""
+    f = out / ARCHITECTURE
+    if f.is_file():
+        return json.loads(f.read_text())
+    if cfg.get("init_from"):
+        return init_architecture(str(cfg.init_from))
+    return None
+
+
+def _scheduler_settings(cfg: DictConfig, arch: dict[str, Any] | None) -> dict[str, Any]:
+    got = {"num_train_timesteps": int(cfg.num_train_timesteps), "beta_schedule": str(cfg.beta_schedule),
+           "prediction_type": str(cfg.prediction_type)}
+    if arch:
+        got.update(arch.get("scheduler") or {})  # a teacher trained further keeps its noise schedule
+    return got
 
 
 class _StreamSampler(Sampler[list[int]]):
@@ -124,10 +212,20 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
     if batch % world:
         raise ConfigError(f"fit.batch_size {batch} must be divisible by the number of processes {world}")
     torch.manual_seed(seed)
-    unet = build_unet(cfg.model, size).to(device)
+    arch = _run_architecture(out, cfg)
+    if arch is None:
+        unet = build_unet(cfg.model, size)
+    else:
+        unet = unet_from_config(arch["unet"], size)
+        if not _checkpoints(out / "checkpoints"):
+            _load_init_weights(unet, arch["init_from"])
+            if dist.is_main() and not (out / ARCHITECTURE).is_file():
+                write_text(out / ARCHITECTURE, json.dumps(arch, indent=2))
+        log.info("trained further from %s (%d steps before this run); fit.model is not used",
+                 arch["init_from"], arch["init_steps"])
+    unet = unet.to(device)
     n_params = sum(p.numel() for p in unet.parameters())
-    scheduler = DDPMScheduler(num_train_timesteps=int(cfg.num_train_timesteps), beta_schedule=str(cfg.beta_schedule),
-                              prediction_type=str(cfg.prediction_type))
+    scheduler = DDPMScheduler(**_scheduler_settings(cfg, arch))
     opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg.lr), betas=(0.9, 0.999), weight_decay=float(cfg.weight_decay))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(int(cfg.warmup_steps), steps, float(cfg.min_lr_ratio)))
     ema = EMAModel(unet.parameters(), decay=float(cfg.ema_decay), use_ema_warmup=True, power=0.75)
@@ -226,7 +324,7 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
         loss_avg = float(json.loads(lines[-1])["loss_ema"]) if lines else loss_avg
     teacher_dir = out / "teacher"
     if dist.is_main():
-        export = build_unet(cfg.model, size)
+        export = build_unet(cfg.model, size) if arch is None else unet_from_config(arch["unet"], size)
         ema.copy_to(export.parameters())
         export.eval()
         if str(cfg.get("export_dtype", "fp32")) == "fp16":
@@ -235,10 +333,19 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
         with atomic_dir(teacher_dir) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
             write_text(tmp / "dtlabel_teacher.json", json.dumps(
-                {"family": "ddpm", "trained_steps": final_step, "size": [int(s) for s in size], "seed": seed}, indent=2))
+                _teacher_meta(final_step, size, seed, arch), indent=2))
     dist.barrier()
     elapsed = time.time() - t_start
     return FitResult(teacher_dir, final_step, loss_avg, seen / max(elapsed, 1e-9), stopped)
+
+
+def _teacher_meta(step: int, size: Sequence[int], seed: int, arch: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    """``dtlabel_teacher.json``: total training steps (those of ``fit.init_from`` included)."""
+    meta: dict[str, Any] = {"family": "ddpm", "trained_steps": int(step) + (arch["init_steps"] if arch else 0),
+                            "size": [int(s) for s in size], "seed": int(seed)}
+    if arch:
+        meta.update(run_steps=int(step), init_from=Path(arch["init_from"]).name, init_steps=arch["init_steps"])
+    return {**meta, **extra}
 
 
 def _save_checkpoint(folder: Path, step: int, unet: torch.nn.Module, ema: Any, opt: torch.optim.Optimizer,
@@ -283,7 +390,9 @@ def export_checkpoint(run_dir: str | Path, step: int, out: str | Path, dtype: st
     cfg = OmegaConf.load(run_dir / "config.yaml")
     fit = cfg.fit
     size = [int(s) for s in (fit.size if fit.get("size") else cfg.data.size)]
-    unet = build_unet(fit.model, size)
+    arch_file = run_dir / ARCHITECTURE
+    arch = json.loads(arch_file.read_text()) if arch_file.is_file() else None
+    unet = build_unet(fit.model, size) if arch is None else unet_from_config(arch["unet"], size)
     ema = load_file(str(ckpt / "ema.safetensors"))
     params = list(unet.parameters())
     if len(ema) != len(params):
@@ -295,14 +404,12 @@ def export_checkpoint(run_dir: str | Path, step: int, out: str | Path, dtype: st
     unet.eval()
     if dtype == "fp16":
         unet = unet.half()
-    scheduler = DDPMScheduler(num_train_timesteps=int(fit.num_train_timesteps), beta_schedule=str(fit.beta_schedule),
-                              prediction_type=str(fit.prediction_type))
+    scheduler = DDPMScheduler(**_scheduler_settings(fit, arch))
     out = Path(out)
     with atomic_dir(out) as tmp:
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
         write_text(tmp / "dtlabel_teacher.json", json.dumps(
-            {"family": "ddpm", "trained_steps": int(step), "size": size, "seed": int(cfg.seed),
-             "from_run": run_dir.name}, indent=2))
+            _teacher_meta(int(step), size, int(cfg.seed), arch, from_run=run_dir.name), indent=2))
     return out
 
 
