@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu")
     p.add_argument("--out", default="runs/teacher-curve")
     p.add_argument("--append", metavar="FILE", help="also append the table to FILE")
+    p.add_argument("--init-hours", type=float, default=None,
+                   help="fit.init_from runs: training hours of the initial teacher (added to the run's)")
+    p.add_argument("--no-init-point", action="store_true", help="fit.init_from runs: skip the initial teacher's point")
     p.add_argument("overrides", nargs="*", help="train-head overrides key=value")
     args = p.parse_args(argv)
 
@@ -65,12 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or checkpoint_steps(run)
     if not steps:
         raise SystemExit(f"{run}: no checkpoints")
+    arch = json.loads((run / "architecture.json").read_text()) if (run / "architecture.json").is_file() else None
+    offset = arch["init_steps"] if arch else 0
+    points: list[tuple[int, Path | None]] = [(s, None) for s in steps]  # (run step, teacher folder or None = export)
+    if arch and not args.no_init_point:
+        points.insert(0, (0, Path(arch["init_from"])))
     rows = []
-    for step in steps:
-        teacher = out / f"teacher-step-{step}"
-        if not (teacher / "model_index.json").is_file():
+    for step, given in points:
+        total = offset + step
+        teacher = given or out / f"teacher-step-{total}"
+        if given is None and not (teacher / "model_index.json").is_file():
             export_checkpoint(run, step, teacher)
-        head = out / f"head-step-{step}"
+        head = out / f"head-step-{total}"
         cmd = [sys.executable, "-m", "dtlabel.cli", "train-head", "--labels", str(args.labels), "--teacher", str(teacher),
                "--preset", args.preset, f"data.splits.train={args.train}", f"data.splits.test={args.holdout}",
                *args.overrides, "--out", str(head), "-q"]
@@ -80,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             print("+", shlex.join(cmd[2:]), flush=True)
             subprocess.run(cmd, check=True)
         m = json.loads((head / "metrics.json").read_text())
-        rows.append({"step": step, "hours": _hours_at(run, step), "miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"],
-                     "per_class_iou": m["per_class_iou"]})
-        print(f"step {step}: held-out mIoU {m['miou']:.2f}", flush=True)
+        hours = _hours_at(run, step) if step else 0.0
+        if arch:
+            hours = None if hours is None or args.init_hours is None else hours + args.init_hours
+        rows.append({"step": total, "hours": hours, "miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"],
+                     "per_class_iou": m["per_class_iou"], "teacher": str(teacher)})
+        print(f"step {total}: held-out mIoU {m['miou']:.2f}", flush=True)
 
     names = list(rows[0]["per_class_iou"])
     lines = [f"Head mIoU on held-out ids {args.holdout} (labels drawn from {args.train}), N = {args.labels}, "

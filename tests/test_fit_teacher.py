@@ -64,8 +64,10 @@ def test_resume_after_time_budget_matches_uninterrupted(full_run: Path, tmp_path
     assert main([*ARGS, "--resume", "--out", str(out)]) == 0
     assert json.loads((out / "run.json").read_text())["steps"] == 6
     assert _same(_weights(out), _weights(full_run))
-    steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [2, 4, 6]  # no duplicated metric lines
+    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [2, 4, 6]  # no duplicated metric lines
+    elapsed = [r["elapsed_s"] for r in recs]
+    assert elapsed == sorted(elapsed)  # training time adds up across sessions
 
 
 def test_sigkill_then_resume_completes(full_run: Path, tmp_path: Path) -> None:
@@ -87,8 +89,10 @@ def test_sigkill_then_resume_completes(full_run: Path, tmp_path: Path) -> None:
     desc = json.loads((out / "run.json").read_text())
     assert desc["steps"] == 150
     assert not list(out.glob(".*tmp"))  # no half-written checkpoint survives
-    steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 151))  # no metric line lost or repeated across the kill
+    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == list(range(1, 151))  # no metric line lost or repeated across the kill
+    elapsed = [r["elapsed_s"] for r in recs]
+    assert elapsed == sorted(elapsed)  # training time adds up across sessions
 
 
 def test_fit_on_image_folder(tmp_path: Path) -> None:

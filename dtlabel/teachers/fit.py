@@ -257,6 +257,7 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     metrics = out / "metrics.jsonl"
     _truncate_metrics(metrics, start)
+    elapsed_before = _last_elapsed(metrics)  # training time of earlier sessions: elapsed_s is cumulative
     log.info("fit-teacher: UNet2DModel %.2fM parameters at %s, %d steps x batch %d on %s (%d process%s)",
              n_params / 1e6, "x".join(map(str, size)), steps, batch, device, world, "es" if world > 1 else "")
     max_seconds = float(cfg.max_minutes) * 60 if cfg.get("max_minutes") is not None else math.inf
@@ -299,7 +300,8 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
             bar.set_postfix(loss=f"{loss_avg:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.1f}")
             if dist.is_main() and (done % int(cfg.log_every) == 0 or done == steps):
                 rec = {"step": done, "loss": round(lv, 6), "loss_ema": round(loss_avg, 6), "lr": sched.get_last_lr()[0],
-                       "images_per_s": round(seen / max(elapsed, 1e-9), 3), "elapsed_s": round(elapsed, 1)}
+                       "images_per_s": round(seen / max(elapsed, 1e-9), 3),
+                       "elapsed_s": round(elapsed_before + elapsed, 1)}
                 with open(metrics, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 log.debug("step %d loss %.5f (avg %.5f) lr %.2e", done, lv, loss_avg, rec["lr"])
@@ -411,6 +413,14 @@ def export_checkpoint(run_dir: str | Path, step: int, out: str | Path, dtype: st
         write_text(tmp / "dtlabel_teacher.json", json.dumps(
             _teacher_meta(int(step), size, int(cfg.seed), arch, from_run=run_dir.name), indent=2))
     return out
+
+
+def _last_elapsed(path: Path) -> float:
+    """``elapsed_s`` of the last metrics line (0 for a new run)."""
+    if not path.is_file():
+        return 0.0
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return float(json.loads(lines[-1]).get("elapsed_s", 0.0)) if lines else 0.0
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
