@@ -10,6 +10,12 @@ can be rebuilt from the runs at any time::
     python benchmarks/results_table.py --synth "sampled=runs/ccp/synth-sampled" \\
         "real images=runs/ccp/synth-img-50" --real data=ccp data.root=PATH/ccp
 
+    python benchmarks/results_table.py --draws "scratch student=runs/ccp/scratch-50,runs/ccp/scratch-50-s1" \
+        "student=runs/ccp/student-pr-50,runs/ccp/student-pr-50-s1" --baseline "scratch student"
+
+``--draws`` reads comma-separated run folders per row (one per label draw) and gives the test mIoU
+of each draw, the mean and the sample standard deviation, and with ``--baseline`` each row's gain
+over the baseline row, draw by draw (paired: the same labels) and on the mean.
 ``--real`` adds the labeled pool's class pixel share (as ``dtlabel data check`` prints it) as the
 reference row of the synth table; the words after it are ``data=...`` overrides.
 """
@@ -67,6 +73,36 @@ def metrics_table(rows: list[tuple[str, Path]]) -> tuple[str, list[tuple[str, di
     return "\n".join(lines), loaded, names
 
 
+def draws_table(rows: list[tuple[str, list[Path]]], baseline: str | None = None) -> str:
+    """mIoU per label draw, mean and spread; with ``baseline`` the paired gain over that row."""
+    import statistics
+
+    miou = {label: [_read(p, "metrics.json")["miou"] for p in paths] for label, paths in rows}
+    n = max(len(v) for v in miou.values())
+    if baseline is not None and baseline not in miou:
+        raise SystemExit(f"--baseline {baseline!r}: not one of the rows ({', '.join(miou)})")
+
+    def sd(v: list[float]) -> str:
+        return f"{statistics.stdev(v):.1f}" if len(v) > 1 else "-"
+
+    head = "| model | " + " | ".join(f"draw {k}" for k in range(n)) + " | mean | std |"
+    if baseline:
+        head += f" gain over {baseline}, per draw | mean gain | std |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for label, v in miou.items():
+        cells = [f"{x:.1f}" for x in v] + ["-"] * (n - len(v))
+        line = f"| {label} | " + " | ".join(cells) + f" | {statistics.mean(v):.1f} | {sd(v)} |"
+        if baseline:
+            base = miou[baseline]
+            gains = [a - b for a, b in zip(v, base)]
+            if label == baseline or not gains:
+                line += " - | - | - |"
+            else:
+                line += " " + ", ".join(f"{g:+.1f}" for g in gains) + f" | {statistics.mean(gains):+.1f} | {sd(gains)} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def synth_table(rows: list[tuple[str, Path]], real: list[str] | None) -> str:
     manifests = [(label, _read(path, "manifest.json")) for label, path in rows]
     names = list(manifests[0][1]["class_names"])
@@ -94,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", nargs="*", metavar="KEY=VALUE", help="data overrides of the real reference row")
     p.add_argument("--png", help="also write a per-class IoU bar chart of the metrics table")
     p.add_argument("--title", default="test IoU per class")
+    p.add_argument("--draws", nargs="+", metavar="LABEL=RUN0,RUN1,...", help="rows over label draws (mean, std)")
+    p.add_argument("--baseline", help="--draws: the row the others are compared with, draw by draw")
     args = p.parse_args(argv)
     if args.runs:
         table, loaded, names = metrics_table(_pairs(args.runs))
@@ -107,8 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.runs:
             print()
         print(synth_table(_pairs(args.synth), args.real))
-    if not args.runs and not args.synth:
-        p.error("give run folders and/or --synth run folders")
+    if args.draws:
+        rows = [(label, [Path(x) for x in str(path).split(",") if x]) for label, path in _pairs(args.draws)]
+        if args.runs or args.synth:
+            print()
+        print(draws_table(rows, args.baseline))
+    if not args.runs and not args.synth and not args.draws:
+        p.error("give run folders, --synth run folders and/or --draws rows")
     return 0
 
 
