@@ -47,7 +47,7 @@ def _hours_at(run: Path, step: int) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dtlabel.teachers.fit import checkpoint_steps, export_checkpoint
+    from dtlabel.teachers.fit import checkpoint_steps, export_checkpoint, read_architecture
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="fit-teacher run folder with checkpoints")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or checkpoint_steps(run)
     if not steps:
         raise SystemExit(f"{run}: no checkpoints")
-    arch = json.loads((run / "architecture.json").read_text()) if (run / "architecture.json").is_file() else None
+    arch = read_architecture(run)
     offset = arch["init_steps"] if arch else 0
     points: list[tuple[int, Path | None]] = [(s, None) for s in steps]  # (run step, teacher folder or None = export)
     if arch and not args.no_init_point:

@@ -50,9 +50,8 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         "final_loss": None if math.isnan(result.final_loss) else round(result.final_loss, 6), "images_per_second": round(result.images_per_second, 3),
         "data": bundle.name, "num_images": len(images),
     }
-    arch_file = run.path / "architecture.json"
-    if arch_file.is_file():
-        arch = json.loads(arch_file.read_text())
+    arch = result.architecture
+    if arch:
         desc.update(init_from=arch["init_from"], init_steps=arch["init_steps"], total_steps=arch["init_steps"] + result.steps)
     if dist.is_main():
         _loss_curve(run.path)

@@ -44,6 +44,14 @@ class FitResult:
     final_loss: float
     images_per_second: float
     stopped_early: bool
+    architecture: dict[str, Any] | None = None  # fit.init_from runs: see init_architecture
+
+
+def _check_size(size: Sequence[int], n_down: int, unet: str) -> None:
+    for s in size:
+        if int(s) % (2 ** max(0, n_down - 1)):
+            raise ConfigError(f"teacher size {list(size)}: each side must be a multiple of {2 ** (n_down - 1)} "
+                              f"for {unet} ({n_down} levels); set fit.size or data.size")
 
 
 def build_unet(model_cfg: DictConfig | dict, size: Sequence[int]):  # noqa: ANN201
@@ -51,11 +59,7 @@ def build_unet(model_cfg: DictConfig | dict, size: Sequence[int]):  # noqa: ANN2
     from diffusers import UNet2DModel
 
     kw = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    n_down = len(kw.get("block_out_channels", ()))
-    for s in size:
-        if int(s) % (2 ** max(0, n_down - 1)):
-            raise ConfigError(f"teacher size {list(size)}: each side must be a multiple of {2 ** (n_down - 1)} "
-                              f"for a UNet with {n_down} levels; set fit.size or data.size")
+    _check_size(size, len(kw.get("block_out_channels", ())), "the UNet of fit.model")
     try:
         return UNet2DModel(sample_size=tuple(int(s) for s in size), in_channels=3, out_channels=3, **kw)
     except (TypeError, ValueError) as exc:
@@ -70,14 +74,29 @@ def unet_from_config(config: dict[str, Any], size: Sequence[int]):  # noqa: ANN2
     """A fresh ``UNet2DModel`` of a saved diffusers ``config`` for ``size = (H, W)`` images."""
     from diffusers import UNet2DModel
 
-    n_down = len(config.get("block_out_channels", ()))
-    for s in size:
-        if int(s) % (2 ** max(0, n_down - 1)):
-            raise ConfigError(f"teacher size {list(size)}: each side must be a multiple of {2 ** (n_down - 1)} "
-                              f"for the UNet of fit.init_from ({n_down} levels); set fit.size or data.size")
+    _check_size(size, len(config.get("block_out_channels", ())), "the UNet of fit.init_from")
     kw = {k: v for k, v in config.items() if not k.startswith("_")}
     kw["sample_size"] = [int(s) for s in size]
     return UNet2DModel.from_config(kw)
+
+
+def _make_unet(model_cfg: DictConfig, arch: dict[str, Any] | None, size: Sequence[int]):  # noqa: ANN202
+    """The run's UNet: ``fit.model``, or the architecture of ``fit.init_from`` when there is one."""
+    return build_unet(model_cfg, size) if arch is None else unet_from_config(arch["unet"], size)
+
+
+def _unet_location(path: str | Path) -> tuple[Path, str | None]:
+    """(model root, UNet subfolder or None) of a run folder, DDPMPipeline folder or bare UNet folder."""
+    from dtlabel.teachers.base import resolve_model_root
+
+    root = resolve_model_root(path)
+    return root, "unet" if (root / "unet" / "config.json").is_file() else None
+
+
+def read_architecture(run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``architecture.json`` of a ``fit.init_from`` run (None for a run trained from scratch)."""
+    f = Path(run_dir) / ARCHITECTURE
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def init_architecture(path: str | Path) -> dict[str, Any]:
@@ -86,13 +105,13 @@ def init_architecture(path: str | Path) -> dict[str, Any]:
     ``path``: a fit-teacher run folder, a ``DDPMPipeline`` folder or a bare ``UNet2DModel`` folder.
     Raises ``ModelError`` (one line, naming the folder) for anything else.
     """
-    from dtlabel.teachers.base import read_json, resolve_model_root
+    from dtlabel.teachers.base import read_json
 
     if not Path(path).expanduser().is_dir():
         raise ModelError(f"fit.init_from {path}: folder not found; pass a fit-teacher run folder or a local "
                          "diffusers DDPM folder")
-    root = resolve_model_root(path)
-    unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
+    root, sub = _unet_location(path)
+    unet_dir = root / sub if sub else root
     if (root / "vae").is_dir() or (root / "text_encoder").is_dir():
         raise ModelError(f"fit.init_from {path}: a Stable Diffusion folder; only a DDPM teacher (UNet2DModel) "
                          "can be trained further by fit-teacher")
@@ -116,10 +135,7 @@ def init_architecture(path: str | Path) -> dict[str, Any]:
 def _load_init_weights(unet: torch.nn.Module, path: str | Path) -> None:
     from diffusers import UNet2DModel
 
-    from dtlabel.teachers.base import resolve_model_root
-
-    root = resolve_model_root(path)
-    sub = "unet" if (root / "unet" / "config.json").is_file() else None
+    root, sub = _unet_location(path)
     try:
         src = UNet2DModel.from_pretrained(root, subfolder=sub, use_safetensors=True, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
@@ -134,9 +150,9 @@ def _run_architecture(out: Path, cfg: DictConfig) -> dict[str, Any] | None:
     """The architecture a run trains: its ``architecture.json`` (written at the start of a run with
     ``fit.init_from``, so that a moved run resumes without the original folder), else that of
     ``fit.init_from``, else None (``fit.model`` from scratch)."""
-    f = out / ARCHITECTURE
-    if f.is_file():
-        return json.loads(f.read_text())
+    arch = read_architecture(out)
+    if arch is not None:
+        return arch
     if cfg.get("init_from"):
         return init_architecture(str(cfg.init_from))
     return None
@@ -213,10 +229,8 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
         raise ConfigError(f"fit.batch_size {batch} must be divisible by the number of processes {world}")
     torch.manual_seed(seed)
     arch = _run_architecture(out, cfg)
-    if arch is None:
-        unet = build_unet(cfg.model, size)
-    else:
-        unet = unet_from_config(arch["unet"], size)
+    unet = _make_unet(cfg.model, arch, size)
+    if arch is not None:
         if not _checkpoints(out / "checkpoints"):
             _load_init_weights(unet, arch["init_from"])
             if dist.is_main() and not (out / ARCHITECTURE).is_file():
@@ -256,8 +270,7 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
     dtype = amp_dtype(device, amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     metrics = out / "metrics.jsonl"
-    _truncate_metrics(metrics, start)
-    elapsed_before = _last_elapsed(metrics)  # training time of earlier sessions: elapsed_s is cumulative
+    elapsed_before = _truncate_metrics(metrics, start)  # earlier sessions' training time: elapsed_s adds up
     log.info("fit-teacher: UNet2DModel %.2fM parameters at %s, %d steps x batch %d on %s (%d process%s)",
              n_params / 1e6, "x".join(map(str, size)), steps, batch, device, world, "es" if world > 1 else "")
     max_seconds = float(cfg.max_minutes) * 60 if cfg.get("max_minutes") is not None else math.inf
@@ -326,7 +339,7 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
         loss_avg = float(json.loads(lines[-1])["loss_ema"]) if lines else loss_avg
     teacher_dir = out / "teacher"
     if dist.is_main():
-        export = build_unet(cfg.model, size) if arch is None else unet_from_config(arch["unet"], size)
+        export = _make_unet(cfg.model, arch, size)
         ema.copy_to(export.parameters())
         export.eval()
         if str(cfg.get("export_dtype", "fp32")) == "fp16":
@@ -338,7 +351,7 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
                 _teacher_meta(final_step, size, seed, arch), indent=2))
     dist.barrier()
     elapsed = time.time() - t_start
-    return FitResult(teacher_dir, final_step, loss_avg, seen / max(elapsed, 1e-9), stopped)
+    return FitResult(teacher_dir, final_step, loss_avg, seen / max(elapsed, 1e-9), stopped, arch)
 
 
 def _teacher_meta(step: int, size: Sequence[int], seed: int, arch: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
@@ -392,9 +405,8 @@ def export_checkpoint(run_dir: str | Path, step: int, out: str | Path, dtype: st
     cfg = OmegaConf.load(run_dir / "config.yaml")
     fit = cfg.fit
     size = [int(s) for s in (fit.size if fit.get("size") else cfg.data.size)]
-    arch_file = run_dir / ARCHITECTURE
-    arch = json.loads(arch_file.read_text()) if arch_file.is_file() else None
-    unet = build_unet(fit.model, size) if arch is None else unet_from_config(arch["unet"], size)
+    arch = read_architecture(run_dir)
+    unet = _make_unet(fit.model, arch, size)
     ema = load_file(str(ckpt / "ema.safetensors"))
     params = list(unet.parameters())
     if len(ema) != len(params):
@@ -415,19 +427,12 @@ def export_checkpoint(run_dir: str | Path, step: int, out: str | Path, dtype: st
     return out
 
 
-def _last_elapsed(path: Path) -> float:
-    """``elapsed_s`` of the last metrics line (0 for a new run)."""
+def _truncate_metrics(path: Path, step: int) -> float:
+    """Drop metric lines past ``step`` (written after the checkpoint we resume from); return the
+    ``elapsed_s`` of the last line kept (0 for a new run)."""
     if not path.is_file():
         return 0.0
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    return float(json.loads(lines[-1]).get("elapsed_s", 0.0)) if lines else 0.0
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past ``step`` (written after the checkpoint we resume from)."""
-    if not path.is_file():
-        return
-    keep = []
+    keep, elapsed = [], 0.0
     for ln in path.read_text().splitlines():
         try:
             rec = json.loads(ln)
@@ -435,4 +440,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue
         if rec.get("step", step + 1) <= step:
             keep.append(ln)
+            elapsed = float(rec.get("elapsed_s", elapsed))
     write_text(path, "".join(ln + "\n" for ln in keep))
+    return elapsed
