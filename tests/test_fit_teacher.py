@@ -119,6 +119,34 @@ def test_bad_size_for_unet(cli, tmp_path: Path) -> None:
     assert code == 2 and "multiple of 4" in err
 
 
+def test_scale_trains_at_a_fraction_of_data_size(tmp_path: Path) -> None:
+    from diffusers import UNet2DModel
+
+    from dtlabel.cli import main
+    from dtlabel.teachers.fit import export_checkpoint
+
+    out = tmp_path / "half"
+    assert main([*ARGS, "fit.steps=2", "fit.checkpoint_every=2", "data.size=[32,48]", "fit.scale=0.5",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "run.json").read_text())["size"] == [16, 32]
+    assert list(UNet2DModel.from_pretrained(out / "teacher" / "unet").config.sample_size) == [16, 32]
+    exported = export_checkpoint(out, 2, tmp_path / "step2")
+    assert json.loads((exported / "dtlabel_teacher.json").read_text())["size"] == [16, 32]
+
+
+def test_cpu_preset_teacher_size_for_ccp() -> None:
+    from dtlabel.config import compose
+    from dtlabel.teachers.fit import teacher_size
+
+    cfg = compose("fit_teacher", ["preset=cpu", "data=ccp"])
+    assert teacher_size(cfg.fit, cfg.data) == (96, 64)
+
+
+def test_bad_scale(cli, tmp_path: Path) -> None:
+    code, _, err = cli(*ARGS, "fit.scale=0", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "fit.scale must be in (0, 1]" in err
+
+
 def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -14,14 +14,14 @@ import torch
 from omegaconf import DictConfig
 
 from dtlabel import dist
-from dtlabel.data import build_data, data_size
+from dtlabel.data import build_data
 from dtlabel.data.folder import ConcatImageSource, SubsetImageSource
 from dtlabel.data.transforms import ImageDataset, build_transform
 from dtlabel.device import select_device
 from dtlabel.errors import DataError
 from dtlabel.report import save_curve, save_grid
 from dtlabel.runs import Run
-from dtlabel.teachers.fit import fit_ddpm
+from dtlabel.teachers.fit import fit_ddpm, teacher_size
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     device = dist.init_from_env(select_device(cfg.device))
     bundle = build_data(cfg.data)
     fit = cfg.fit
-    size = tuple(int(s) for s in fit.size) if fit.get("size") else data_size(cfg.data)
+    size = teacher_size(fit, cfg.data)
     source = bundle.unlabeled
     if fit.include_labeled and bundle.labeled is not None and bundle.splits.get("train"):
         have = set(source.ids) if source is not None else set()

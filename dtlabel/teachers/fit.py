@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from dtlabel import dist
+from dtlabel.data import data_size
 from dtlabel.device import amp_dtype, autocast
 from dtlabel.errors import ConfigError, DTLabelError, ModelError
 from dtlabel.io import atomic_dir, write_text
@@ -52,6 +53,24 @@ def _check_size(size: Sequence[int], n_down: int, unet: str) -> None:
         if int(s) % (2 ** max(0, n_down - 1)):
             raise ConfigError(f"teacher size {list(size)}: each side must be a multiple of {2 ** (n_down - 1)} "
                               f"for {unet} ({n_down} levels); set fit.size or data.size")
+
+
+def teacher_size(fit: DictConfig, data_cfg: DictConfig) -> tuple[int, int]:
+    """The teacher's training resolution ``(H, W)``: ``fit.size`` if set, else ``data.size`` times
+    ``fit.scale`` (each side rounded to a multiple of 16, at least 16; scale 1 keeps data.size)."""
+    if fit.get("size"):
+        size = [int(s) for s in fit.size]
+        if len(size) != 2 or any(s < 8 for s in size):
+            raise ConfigError(f"fit.size must be [H, W] with both >= 8, got {size}")
+        return size[0], size[1]
+    h, w = data_size(data_cfg)
+    scale = fit.get("scale")
+    scale = 1.0 if scale is None else float(scale)
+    if not 0.0 < scale <= 1.0:
+        raise ConfigError(f"fit.scale must be in (0, 1], got {scale}")
+    if scale == 1.0:
+        return h, w
+    return max(16, int(round(h * scale / 16)) * 16), max(16, int(round(w * scale / 16)) * 16)
 
 
 def build_unet(model_cfg: DictConfig | dict, size: Sequence[int]):  # noqa: ANN201
@@ -404,7 +423,7 @@ def export_checkpoint(run_dir: str | Path, step: int, out: str | Path, dtype: st
         raise ConfigError(f"{run_dir}: no complete checkpoint at step {step} (have: {have})")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     fit = cfg.fit
-    size = [int(s) for s in (fit.size if fit.get("size") else cfg.data.size)]
+    size = teacher_size(fit, cfg.data)
     arch = read_architecture(run_dir)
     unet = _make_unet(fit.model, arch, size)
     ema = load_file(str(ckpt / "ema.safetensors"))
