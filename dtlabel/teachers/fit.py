@@ -70,7 +70,8 @@ def teacher_size(fit: DictConfig, data_cfg: DictConfig) -> tuple[int, int]:
         raise ConfigError(f"fit.scale must be in (0, 1], got {scale}")
     if scale == 1.0:
         return h, w
-    return max(16, int(round(h * scale / 16)) * 16), max(16, int(round(w * scale / 16)) * 16)
+    sh, sw = (max(16, round(s * scale / 16) * 16) for s in (h, w))
+    return sh, sw
 
 
 def build_unet(model_cfg: DictConfig | dict, size: Sequence[int]):  # noqa: ANN201
