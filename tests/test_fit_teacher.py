@@ -147,6 +147,11 @@ def test_bad_scale(cli, tmp_path: Path) -> None:
     assert code == 2 and err.count("\n") == 1 and "fit.scale must be in (0, 1]" in err
 
 
+def test_bad_fit_size(cli, tmp_path: Path) -> None:
+    code, _, err = cli(*ARGS, "fit.size=[16,16,3]", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "fit.size must be [H, W] with both >= 8" in err
+
+
 def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
