@@ -187,7 +187,7 @@ def _setup_logging(log_file: Any, quiet: bool) -> list[logging.Handler]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code (0 ok, 2 user error, 130 interrupted)."""
     from dtlabel.config import compose
-    from dtlabel.runs import Run
+    from dtlabel.runs import Run, TimeBudgetReached
 
     argv = sys.argv[1:] if argv is None else argv
     handlers: list[logging.Handler] = []
@@ -208,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DTLabelError as exc:
         print(f"dtlabel: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except TimeBudgetReached as exc:
+        log.warning("%s", exc)
+        return 0
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)
     except KeyboardInterrupt:

@@ -1,4 +1,9 @@
-"""Device selection and mixed precision: CUDA when present (AMP there), CPU otherwise."""
+"""Device selection and mixed precision: CUDA when present (AMP there), CPU otherwise.
+
+Mixed precision is the ``amp`` key: on CUDA ``auto`` is bf16 where supported, else fp16; on a CPU
+``auto`` and ``off`` run float32 and ``bf16`` switches ``torch.autocast("cpu", torch.bfloat16)`` on
+(about half a training step on CPUs with avx512_bf16 / AMX, docs/RESULTS.md). fp16 is CUDA only.
+"""
 
 from __future__ import annotations
 
@@ -29,10 +34,19 @@ def select_device(name: str | None = "auto") -> torch.device:
     raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
 
 
+AMP_MODES = ("auto", "bf16", "fp16", "off", "none", "fp32", "false")
+
+
 def amp_dtype(device: torch.device, mode: str | None = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``device``: None (fp32) on CPU, bf16 where supported, else fp16."""
-    mode = (mode or "auto").lower()
-    if device.type != "cuda" or mode in ("off", "none", "fp32", "false"):
+    """The autocast dtype for ``device`` and ``amp`` mode ``mode``; None means float32."""
+    mode = (str(mode) if mode is not None else "auto").lower()
+    if mode not in AMP_MODES:
+        raise ConfigError(f"amp={mode}: expected one of {', '.join(AMP_MODES[:4])}")
+    if mode in ("off", "none", "fp32", "false"):
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16 if mode == "bf16" else None  # fp16 autocast on a CPU is slower than fp32
+    if device.type != "cuda":
         return None
     if mode == "fp16":
         return torch.float16

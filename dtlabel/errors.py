@@ -40,3 +40,7 @@ def did_you_mean(word: str, options: Iterable[str], n: int = 3) -> str:
     """Return ' (did you mean: a, b?)' for close matches of ``word`` in ``options``, else ''."""
     matches = difflib.get_close_matches(word, list(options), n=n, cutoff=0.5)
     return f" (did you mean: {', '.join(matches)}?)" if matches else ""
+
+
+class TrainingDiverged(DTLabelError):
+    """The training loss became NaN or infinite (raised by the engine for every training command)."""

@@ -86,3 +86,28 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def read_json(path: str | os.PathLike[str], error: type[Exception] | None = None, what: str = "",
+              fix: str = "") -> dict[str, Any]:
+    """Read a JSON object; any failure becomes one ``error`` (a ``DTLabelError`` subclass) line.
+
+    ``what`` names the file for the user (default: its path); ``fix`` is appended as the remedy.
+    The one reader of every descriptor, manifest and config JSON file, so they all fail the same way.
+    """
+    from dtlabel.errors import ModelError
+
+    error = error or ModelError
+    path = Path(path)
+    name = what or str(path)
+    tail = f"; {fix}" if fix else ""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{name}: not found{tail}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise error(f"{name}: not valid JSON ({reason}){tail}") from None
+    if not isinstance(data, dict):
+        raise error(f"{name}: not a JSON object{tail}")
+    return data

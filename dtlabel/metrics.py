@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -115,3 +116,20 @@ class ConfusionMatrix:
             "classes_counted": int((~torch.isnan(iou)).sum()),
             "pixels": int(self.matrix.sum()),
         }
+
+
+UNITS = "percent; IoU of classes absent from both ground truth and prediction is null and not averaged"
+
+
+def write_metrics(path: str | Path, cm: ConfusionMatrix, class_names: Sequence[str], split: str, n_images: int,
+                  size: Sequence[int], **extra: Any) -> dict[str, Any]:
+    """Write ``metrics.json``, the one schema of every command that scores a model: units, split,
+    image count, size, mIoU, pixel accuracy, per-class IoU, classes counted, pixels, the confusion
+    matrix (rows ground truth, columns prediction), then ``extra``. Returns what was written."""
+    from dtlabel.io import write_json
+
+    s = cm.summary(class_names)
+    record = {"units": UNITS, "split": split, "n_images": int(n_images), "size": [int(v) for v in size], **s,
+              "confusion_matrix": cm.matrix.tolist(), **extra}
+    write_json(path, record)
+    return record

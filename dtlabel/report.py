@@ -149,3 +149,58 @@ def save_confusion(path: str | Path, matrix: np.ndarray, names: Sequence[str], t
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save_fig(fig, Path(path))
+
+
+def save_eval_pictures(out: str | Path, samples: Sequence[tuple], names: Sequence[str], ignore_index: int,
+                       summary: dict, title: str, confusion: np.ndarray | None = None) -> None:
+    """The pictures of a scored model: ``overlays.png`` (image / ground truth / prediction, and the
+    uncertainty on one colour scale when the samples carry one), ``iou.png`` (per-class bars) and,
+    given a confusion matrix, ``confusion.png`` (row-normalised)."""
+    import matplotlib
+
+    out, c = Path(out), len(names)
+    if samples:
+        with_unc = all(len(s) > 3 and s[3] is not None for s in samples)
+        top = max(max(float(s[3].max()) for s in samples), 1e-6) if with_unc else 1.0
+        cmap = matplotlib.colormaps["magma"]
+        rows = []
+        for s in samples:
+            row = [s[0], overlay(s[0], s[1], c, ignore_index=ignore_index), overlay(s[0], s[2], c, ignore_index=ignore_index)]
+            if with_unc:
+                row.append((cmap(np.clip(s[3] / top, 0, 1))[..., :3] * 255).astype(np.uint8))
+            rows.append(row)
+        titles = ["image", "ground truth", "prediction"] + ([f"uncertainty (0-{top:.2g} nats)"] if with_unc else [])
+        save_grid(out / "overlays.png", rows, titles=titles, class_names=list(names), suptitle=title)
+    values = [v if v is not None else 0.0 for v in summary["per_class_iou"].values()]
+    miou = summary["miou"] if summary["miou"] is not None else float("nan")
+    save_bars(out / "iou.png", list(names), values, title=f"{title}: mIoU {miou:.1f}")
+    if confusion is not None:
+        save_confusion(out / "confusion.png", confusion, list(names), title=title)
+
+
+def save_training_curves(run_dir: str | Path, title: str, loss_label: str = "training loss", logy: bool = False) -> None:
+    """``loss.png`` from the training lines of ``metrics.jsonl`` (with a running mean) and, when the
+    run evaluated, ``miou.png`` (validation and test mIoU against the step)."""
+    import json
+
+    run_dir = Path(run_dir)
+    f = run_dir / "metrics.jsonl"
+    if not f.is_file():
+        return
+    recs = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+    train = [r for r in recs if "loss" in r]
+    if train:
+        xs, ys = [r["step"] for r in train], [r["loss"] for r in train]
+        series = {"loss": (xs, ys)}
+        if all("loss_ema" in r for r in train):
+            series["running mean"] = (xs, [r["loss_ema"] for r in train])
+        save_curve(run_dir / "loss.png", series, "step", loss_label, title=title, logy=logy)
+    evals: dict[str, tuple[list, list]] = {}
+    for r in recs:
+        for key, label in (("val_miou", "validation"), ("test_miou", "test")):
+            if r.get(key) is not None:
+                evals.setdefault(label, ([], []))
+                evals[label][0].append(r["step"])
+                evals[label][1].append(r[key])
+    if evals:
+        save_curve(run_dir / "miou.png", evals, "step", "mIoU (%)", title=title)

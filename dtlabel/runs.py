@@ -26,6 +26,16 @@ DESCRIPTOR = "run.json"
 log = logging.getLogger(__name__)
 
 
+class TimeBudgetReached(Exception):
+    """A command stopped by its time budget (``*.max_minutes``) before the end of its training: the
+    run folder holds a checkpoint but no ``run.json``, so later commands refuse it and the same
+    command with ``--resume`` continues it. Not an error: the CLI says so and exits with 0."""
+
+    def __init__(self, command: str, step: int, total: int) -> None:
+        super().__init__(f"{command}: time budget reached at step {step} of {total}; the run is checkpointed and "
+                         "unfinished, continue it with the same command and --resume")
+
+
 def default_out(command: str, root: str | Path = "runs") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(root) / command / stamp

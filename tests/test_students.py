@@ -1,7 +1,8 @@
-"""Students: smp models by name, encoder init from timm-format weights, save -> plain smp load, losses."""
+"""Students: smp models by name, encoder init from timm-format weights, save -> plain smp / smp hub load, losses."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,9 +11,40 @@ import torch
 import torch.nn.functional as F
 
 from dtlabel.errors import ConfigError, ModelError
-from dtlabel.students import create_student, load_backbone, load_student, resolve_arch, save_student
+from dtlabel.students import create_student, load_backbone, load_student, read_student, resolve_arch, save_student
 
 TINY = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
+
+# The student registry contract: every configuration builds, runs, saves and reloads identically
+# through dtlabel and through plain smp. (arch, encoder, smp kwargs, classes, (H, W))
+STUDENTS = [
+    ("Unet", "resnet18", TINY, 3, (32, 64)),
+    ("Unet", "tu-mobilenetv3_small_050", TINY, 5, (32, 32)),
+    ("FPN", "resnet18", {"encoder_depth": 3, "decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32},
+     4, (64, 32)),
+    ("FPN", "tu-mobilenetv3_small_050", {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32}, 2,
+     (64, 64)),
+    ("DeepLabV3Plus", "resnet18", {"encoder_depth": 3, "decoder_channels": 32}, 3, (32, 64)),
+    ("DeepLabV3Plus", "tu-mobilenetv3_small_050", {"decoder_channels": 32}, 6, (64, 64)),
+    ("PSPNet", "resnet18", {"encoder_depth": 4, "decoder_channels": 32}, 3, (64, 64)),
+]
+
+
+def _input(h: int, w: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """A fixed image batch (B, 3, H, W) in [-1, 1]."""
+    return torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test."""
+    import socket
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args[1:]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
 @pytest.mark.parametrize("arch,encoder,kwargs", [
@@ -40,8 +72,6 @@ def test_unknown_names() -> None:
 
 
 def test_save_then_plain_smp_strict_load(tmp_path: Path) -> None:
-    import json
-
     import segmentation_models_pytorch as smp
     from safetensors.torch import load_file
 
@@ -96,6 +126,10 @@ def test_backbone_errors(tmp_path: Path) -> None:
         load_backbone(model, tmp_path / "bad.safetensors")
     with pytest.raises(ModelError, match="not found"):
         load_backbone(model, tmp_path / "missing")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{broken")
+    with pytest.raises(ModelError, match="run.json: not valid JSON .*; pass the weights file itself"):
+        load_backbone(model, tmp_path / "run")
 
 
 def test_losses() -> None:
@@ -139,3 +173,97 @@ def test_augment_synth_resizes_and_keeps_logits_aligned() -> None:
                          device=torch.device("cpu"))
     assert (zoom["label"][:, 0, 0] == 255).all() and not bool(zoom["logits_valid"][:, 0, 0].any())
     assert bool(zoom["logits_valid"][:, 4, 4].all()) and math.isclose(float(zoom["uncertainty"][0, 0, 0]), 1.0)
+
+
+def test_smp_from_pretrained_matches_load_student(tmp_path: Path, no_network: None) -> None:
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(3)
+    model, spec = create_student("Unet", "tu-mobilenetv3_small_050", 4, **TINY)
+    folder = save_student(tmp_path / "run" / "student", model, spec, class_names=list("abcd"), data="toy",
+                          test_miou=12.5)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["README.md", "config.json", "model.safetensors", "student.json", "student.safetensors"]
+    x = _input(32, 32)
+    ours, _ = load_student(tmp_path / "run")
+    hub = smp.from_pretrained(str(folder))
+    assert type(hub) is type(ours) and not hub.training
+    with torch.no_grad():
+        assert torch.equal(hub(x), ours(x)) and torch.equal(ours(x), model.eval()(x))
+    # one copy of the weights on disk: the hub name is a hard link to the dtlabel one
+    a, b = (folder / "student.safetensors").stat(), (folder / "model.safetensors").stat()
+    assert (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev) and a.st_nlink == 2
+    config = json.loads((folder / "config.json").read_text())
+    assert config["_model_class"] == "Unet" and config["encoder_weights"] is None and config["classes"] == 4
+    card = (folder / "README.md").read_text()
+    assert "toy" in card and "test_miou" in card
+
+
+def test_hub_format_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None) -> None:
+    import os
+
+    import segmentation_models_pytorch as smp
+
+    def no_link(*args: object, **kwargs: object) -> None:
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_link)
+    torch.manual_seed(4)
+    model, spec = create_student("FPN", "resnet18", 3, encoder_depth=3, decoder_pyramid_channels=32,
+                                 decoder_segmentation_channels=32)
+    folder = save_student(tmp_path / "student", model, spec)
+    assert (folder / "model.safetensors").stat().st_nlink == 1  # a second copy, still loadable
+    x = _input(32, 32)
+    with torch.no_grad():
+        assert torch.equal(smp.from_pretrained(str(folder))(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("arch,encoder,kwargs,classes,size", STUDENTS,
+                         ids=[f"{a}-{e}-{s[0]}x{s[1]}" for a, e, _, _, s in STUDENTS])
+def test_student_contract(arch: str, encoder: str, kwargs: dict, classes: int, size: tuple[int, int],
+                          tmp_path: Path, no_network: None) -> None:
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(5)
+    model, spec = create_student(arch, encoder, classes, **kwargs)
+    h, w = size
+    x = _input(h, w)
+    out = model(x)
+    assert out.shape == (2, classes, h, w)
+    out.float().mean().backward()  # trainable end to end
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+    folder = save_student(tmp_path / "student", model, spec, class_names=[f"c{i}" for i in range(classes)])
+    again, desc = load_student(folder)
+    hub = smp.from_pretrained(str(folder))
+    assert desc["arch"] == arch and desc["classes"] == classes and not again.training and not hub.training
+    with torch.no_grad():
+        assert torch.equal(again(x), ref)
+        assert torch.equal(hub(x), ref)
+
+
+def test_fpn_and_pspnet_upsampling_follows_depth() -> None:
+    model, spec = create_student("FPN", "resnet18", 2, encoder_depth=3, decoder_pyramid_channels=32,
+                                 decoder_segmentation_channels=32)
+    assert spec.smp_kwargs["upsampling"] == 1 and model.eval()(_input(32, 32)).shape == (2, 2, 32, 32)
+    _, default = create_student("FPN", "resnet18", 2, decoder_pyramid_channels=32, decoder_segmentation_channels=32)
+    assert "upsampling" not in default.smp_kwargs  # smp's default already fits depth 5
+    with pytest.raises(ConfigError, match=r"encoder_depth=3 and upsampling=4 .* set student.kwargs.upsampling=8"):
+        create_student("PSPNet", "resnet18", 2, encoder_depth=3, upsampling=4)
+
+
+def test_read_student_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="folder not found"):
+        read_student(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="cannot read student.json: not found; pass a finished train-student run"):
+        read_student(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "student.json").write_text("{not json")
+    with pytest.raises(ModelError, match="cannot read student.json: not valid JSON"):
+        read_student(tmp_path / "bad")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "student.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ModelError, match="is not a dtlabel student descriptor"):
+        read_student(tmp_path / "other")

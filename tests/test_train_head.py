@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from dtlabel.cli import main
 
@@ -57,9 +63,10 @@ def test_same_labels_for_both_heads_and_reload_reproduces_test_metrics(runs: dic
     """The label choice is deterministic; a reloaded head gives the recorded test mIoU exactly."""
     from omegaconf import OmegaConf
 
-    from dtlabel.commands.train_head import TeacherFeatures, evaluate
     from dtlabel.data import build_data
     from dtlabel.heads import load_head
+    from dtlabel.heads.reading import TeacherFeatures
+    from dtlabel.heads.task import score_head
     from dtlabel.teachers import teacher_from_config
 
     a, b = (json.loads((runs[k] / "labels.json").read_text())["ids"] for k in ("interpreter", "mlp-ensemble"))
@@ -68,8 +75,8 @@ def test_same_labels_for_both_heads_and_reload_reproduces_test_metrics(runs: dic
     cfg = OmegaConf.load(run / "config.yaml")
     bundle = build_data(cfg.data)
     feats = TeacherFeatures(teacher_from_config(teacher, cfg.teacher, amp="off"))
-    cm, _, _ = evaluate(load_head(run), feats, bundle.labeled, bundle.splits["test"], (32, 32), 16, int(cfg.seed))
-    assert cm.summary()["miou"] == json.loads((run / "metrics.json").read_text())["miou"]
+    ev = score_head(load_head(run), feats, bundle.labeled, bundle.splits["test"], (32, 32), 16, int(cfg.seed))
+    assert ev.cm.summary()["miou"] == json.loads((run / "metrics.json").read_text())["miou"]
 
 
 def test_cached_features_and_no_val_split(teacher: Path, tmp_path: Path) -> None:
@@ -118,22 +125,72 @@ def test_input_errors(teacher: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "has no labels" in _error(capsys, ["--labels", "8", *t, "data=images", f"data.root={tmp_path / 'photos'}"])
 
 
-def test_micro_batches_accumulate_the_whole_batch_gradient() -> None:
-    import torch
+def _head_weights(run: Path) -> dict:
+    from safetensors.torch import load_file
 
-    from dtlabel.commands.train_head import _accumulate
-    from dtlabel.heads import create_head
-    from dtlabel.teachers import FeatureSpec
+    return load_file(str(run / "head" / "head.safetensors"))
 
-    spec = FeatureSpec(("a", "b"), (6, 4), (4, 2))
-    torch.manual_seed(0)
-    head = create_head("interpreter", spec, 3, width=8, dropout=0.0, dice_weight=0.0)  # CE only: exact
-    feats = {"a": torch.randn(4, 6, 4, 4), "b": torch.randn(4, 4, 8, 8)}
-    masks = torch.randint(0, 3, (4, 16, 16))
-    grads = []
-    for micro in (4, 1):
-        head.zero_grad()
-        losses = _accumulate(head, feats, masks, 255, torch.Generator().manual_seed(0), micro, 0)
-        grads.append(torch.cat([p.grad.reshape(-1) for p in head.parameters()]))
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
-    assert set(losses) == {"loss", "ce", "dice"}
+
+def test_micro_batches_train_the_same_head_as_whole_batches(teacher: Path, tmp_path: Path) -> None:
+    """CE only, no dropout: GroupNorm is per image, so 4 micro-batches of 1 give the batch's loss and
+    gradient: the same loss at every step (each step follows an update made with that gradient)."""
+    args = ["train-head", *TINY, "--labels", "4", "--teacher", str(teacher), "head.interpreter.dropout=0.0",
+            "head.interpreter.dice_weight=0.0", "head.val_size=0", "data.n_test=4", "head.overlays=0", "head.epochs=4",
+            "head.scale=null"]  # no zoom-out: every image has the same number of counted pixels
+    losses = []
+    for micro in ("null", "1"):
+        assert main([*args, f"head.micro_batch={micro}", "--out", str(tmp_path / micro)]) == 0
+        lines = [json.loads(ln) for ln in (tmp_path / micro / "metrics.jsonl").read_text().splitlines()]
+        losses.append([r["loss"] for r in lines])
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+HEAD_RUN = ("train-head", *TINY, "--labels", "8", "data.n_test=8", "head.overlays=0", "head.val_size=4")
+
+
+def test_time_budget_then_resume_matches_uninterrupted(teacher: Path, tmp_path: Path) -> None:
+    args = [*HEAD_RUN, "--teacher", str(teacher), "head.epochs=2", "head.batch_size=2"]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    out = tmp_path / "split"
+    assert main([*args, "head.max_minutes=0", "--out", str(out)]) == 0  # stops after the first step
+    assert not (out / "run.json").exists() and (out / "checkpoints").is_dir()
+    assert main([*args, "--resume", "--out", str(out)]) == 0
+    a, b = _head_weights(tmp_path / "full"), _head_weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    full, split = (json.loads((p / "metrics.json").read_text()) for p in (tmp_path / "full", out))
+    assert split["miou"] == full["miou"] and split["selected"] == full["selected"]
+    steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [json.loads(ln)["step"] for ln in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(teacher: Path, tmp_path: Path) -> None:
+    args = [*HEAD_RUN, "--teacher", str(teacher), "head.epochs=40", "head.batch_size=2", "head.eval_every=10",
+            "head.interpreter.width=8"]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dtlabel.cli", *args, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "checkpoints").glob("step_*")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "run.json").exists(), "the run finished before it could be killed"
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = _head_weights(tmp_path / "full"), _head_weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_two_processes_gloo(teacher: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29551",
+           "-m", "dtlabel.cli", *HEAD_RUN, "--teacher", str(teacher), "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    desc = json.loads((out / "run.json").read_text())
+    assert desc["world_size"] == 2 and desc["steps"] == 2 * 2  # 8 labels, batch 4: 2 steps per pass, 2 passes
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_images"] == 8 and sum(map(sum, metrics["confusion_matrix"])) == 8 * 32 * 32

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from dtlabel.data.folder import ConcatImageSource, SubsetImageSource
 from dtlabel.data.transforms import ImageDataset, build_transform
 from dtlabel.device import select_device
 from dtlabel.errors import DataError
-from dtlabel.report import save_curve, save_grid
+from dtlabel.report import save_grid, save_training_curves
 from dtlabel.runs import Run
 from dtlabel.teachers.fit import fit_ddpm, teacher_size
 
@@ -54,22 +53,11 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     if arch:
         desc.update(init_from=arch["init_from"], init_steps=arch["init_steps"], total_steps=arch["init_steps"] + result.steps)
     if dist.is_main():
-        _loss_curve(run.path)
+        save_training_curves(run.path, "fit-teacher loss", "MSE (noise prediction)", logy=True)
         if int(fit.sample_n) > 0:
             _sample_grid(run.path, result.teacher_dir, int(fit.sample_n), int(fit.sample_steps), int(cfg.seed), device)
     dist.cleanup()
     return desc
-
-
-def _loss_curve(path: Path) -> None:
-    f = path / "metrics.jsonl"
-    if not f.is_file():
-        return
-    recs = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
-    if recs:
-        x = [r["step"] for r in recs]
-        save_curve(path / "loss.png", {"loss": (x, [r["loss"] for r in recs]), "smoothed": (x, [r["loss_ema"] for r in recs])},
-                   "step", "MSE (noise prediction)", title="fit-teacher loss", logy=True)
 
 
 @torch.no_grad()

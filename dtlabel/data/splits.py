@@ -96,3 +96,25 @@ def choose_labels(source: LabeledSource, pool: Sequence[str], n: int, seed: int 
         if k not in chosen:
             chosen.append(k)
     return sorted(order[k] for k in chosen)
+
+
+def validation_ids(splits: dict[str, list[str]], exclude: Sequence[str], n: int, seed: int) -> tuple[list[str], str]:
+    """The validation slice of model selection and where it came from.
+
+    The data set's ``val`` split if it has one, else the training pool; minus ``exclude`` (the
+    labeled images, and those of the head that made the pseudo-labels); at most ``n`` ids drawn with
+    ``seeds.validation(seed)``. Never the test split. Returns ``(sorted ids, origin)``.
+    """
+    from dtlabel import seeds
+
+    if n <= 0:
+        return [], "none"
+    chosen = set(exclude)
+    val = [i for i in splits.get("val") or [] if i not in chosen]  # disjoint even if splits overlap
+    origin = "val split"
+    if not val:
+        val = [i for i in sorted(splits.get("train") or []) if i not in chosen]
+        origin = "train pool minus the labels"
+    if len(val) > n:
+        val = random.Random(seeds.validation(seed)).sample(sorted(val), n)
+    return sorted(val), origin if val else "none"

@@ -41,6 +41,14 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Inverse of :func:`to_tensor`: ``(3, H, W)`` or ``(B, 3, H, W)`` in [-1, 1] -> ``(H, W, 3)`` or
+    ``(B, H, W, 3)`` uint8 (rounded, clipped)."""
+    x = images.detach().cpu().float()
+    x = x.permute(1, 2, 0) if x.ndim == 3 else x.permute(0, 2, 3, 1)
+    return ((x + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+
+
 def check_pair(image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int, where: str) -> None:
     """Raise DataError if the mask does not fit its image or holds ids outside [0, num_classes)."""
     if image.shape[:2] != mask.shape[:2]:

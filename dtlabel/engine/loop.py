@@ -1,0 +1,296 @@
+"""The one training loop: a :class:`Task` in, trained weights and a :class:`TrainResult` out.
+
+What every training command gets from it: AdamW with linear warm-up + cosine decay, mixed precision
+(CUDA fp16/bf16, CPU bf16 as a switch), gradient accumulation over micro-batches, gradient
+clipping, a non-finite loss as one :class:`TrainingDiverged` line, DDP under torchrun, a tqdm bar
+with ETA, ``metrics.jsonl`` (training lines every ``log_every`` steps, one line per evaluation),
+best-or-last model selection on a validation metric, a time budget (``max_minutes``: checkpoint and
+stop, ``--resume`` continues) and atomic step checkpoints from which a resumed run ends with the
+same weights as an uninterrupted one.
+
+Determinism: before step ``s`` torch's global generator is seeded with ``seeds.torch_step(seed, s,
+rank)``, so dropout and anything else drawing from it depend only on the step; the task's batches
+depend only on the step too. Nothing random is carried from one step to the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from dtlabel import dist, seeds
+from dtlabel.device import amp_dtype, autocast
+from dtlabel.engine.checkpoint import CheckpointStore
+from dtlabel.engine.schedule import warmup_cosine
+from dtlabel.engine.task import Task
+from dtlabel.errors import ConfigError, RunError, TrainingDiverged
+from dtlabel.io import write_text
+
+log = logging.getLogger(__name__)
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class LoopConfig:
+    """How to train: the engine's settings, taken from a command's config section."""
+
+    steps: int
+    lr: float
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 0.0
+    amp: str = "auto"
+    seed: int = 0
+    log_every: int = 1
+    eval_every: int = 0            # steps between evaluations (0: only at the end, if the task evaluates)
+    select: str = "last"           # best (on select_metric, higher is better) | last
+    select_metric: str = "val_miou"
+    checkpoint_every: int = 0      # steps between checkpoints (0: only at the end and at a stop)
+    keep_last: int = 2
+    keep_every: int = 0
+    max_minutes: float | None = None
+    loss_smoothing: float = 0.9    # weight of the running mean shown in the bar and logged as loss_ema
+    allow_new_total: bool = False  # resume with another number of steps (the schedule stretches)
+
+    def __post_init__(self) -> None:
+        if int(self.steps) < 1:
+            raise ConfigError(f"the number of training steps must be >= 1, got {self.steps}")
+        if self.select not in ("best", "last"):
+            raise ConfigError(f"select={self.select}: expected best or last")
+        if self.max_minutes is not None and float(self.max_minutes) < 0:
+            raise ConfigError(f"max_minutes={self.max_minutes} must be >= 0 or null")
+        for name in ("log_every", "keep_last"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+
+
+@dataclass
+class TrainResult:
+    steps: int                       # steps done in total (all sessions)
+    total: int                       # steps planned
+    stopped: bool                    # the time budget stopped the run before ``total``
+    loss_ema: float                  # running mean of the loss at the end (nan if never logged)
+    images_per_second: float         # this session
+    selected: dict[str, Any] = field(default_factory=dict)  # rule, step, and the metrics of that evaluation
+
+
+def _truncate_metrics(path: Path, step: int) -> tuple[float, float]:
+    """Drop ``metrics.jsonl`` lines past ``step`` (written after the checkpoint we resume from);
+    return ``(elapsed_s, loss_ema)`` of the last training line kept (0 and nan for a new run)."""
+    if not path.is_file():
+        return 0.0, math.nan
+    keep, elapsed, ema = [], 0.0, math.nan
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
+        if rec.get("step", step + 1) <= step:
+            keep.append(line)
+            elapsed = float(rec.get("elapsed_s", elapsed))
+            ema = float(rec.get("loss_ema", ema))
+    write_text(path, "".join(ln + "\n" for ln in keep))
+    return elapsed, ema
+
+
+class _Selection:
+    """Best-or-last model selection; the best weights live on the CPU and in the checkpoints."""
+
+    def __init__(self, rule: str, metric: str) -> None:
+        self.rule, self.metric = rule, metric
+        self.record: dict[str, Any] | None = None
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def update(self, record: dict[str, Any], model: torch.nn.Module) -> None:
+        value = record.get(self.metric)
+        if self.rule == "last" or value is None:
+            self.record, self.weights = record, None
+            return
+        best = (self.record or {}).get(self.metric)
+        if best is None or float(value) > float(best):
+            self.record = record
+            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    @property
+    def best_value(self) -> float | None:
+        return None if self.record is None else self.record.get(self.metric)
+
+
+def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device, progress: bool = True) -> TrainResult:
+    """Train ``task.model`` for ``cfg.steps`` steps (resuming from ``run_dir/checkpoints`` if any)."""
+    run_dir = Path(run_dir)
+    world, rank = dist.world_size(), dist.rank()
+    model = task.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=float(cfg.lr), betas=tuple(float(b) for b in cfg.betas),  # type: ignore[arg-type]
+                            weight_decay=float(cfg.weight_decay))
+    total = int(cfg.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, total, cfg.min_lr_ratio))
+    dtype = amp_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    store = CheckpointStore(run_dir / "checkpoints", cfg.keep_last, cfg.keep_every)
+    selection = _Selection(cfg.select, cfg.select_metric)
+    start = _resume(task, cfg, store, opt, sched, scaler, selection, device)
+
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=task.find_unused_parameters)
+    metrics = run_dir / METRICS
+    elapsed_before, loss_ema = _truncate_metrics(metrics, start) if dist.is_main() else (0.0, math.nan)
+    max_seconds = float(cfg.max_minutes) * 60 if cfg.max_minutes is not None else math.inf
+    prefix = f"{task.config_prefix}." if task.config_prefix else ""
+
+    def save(step: int) -> None:
+        if dist.is_main():
+            tensors = {task.model_key: model.state_dict(), **task.checkpoint_tensors()}
+            if selection.weights is not None:
+                tensors["best"] = selection.weights
+            store.save(step, tensors, {"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
+                                       "scaler": scaler.state_dict(), "total": total, "best": selection.record,
+                                       "task": task.checkpoint_state()})
+        dist.barrier()
+
+    bar = tqdm(total=total, initial=start, desc=task.name, disable=not (progress and dist.is_main()),
+               dynamic_ncols=True, smoothing=0.05)
+    t_start, seen, step, stopped = time.time(), 0, start, False
+    done = start
+    net.train()
+    try:
+        batches = task.batches(start)
+        for step in range(start, total):
+            batch = next(batches)
+            torch.manual_seed(seeds.torch_step(cfg.seed, step, rank))
+            opt.zero_grad(set_to_none=True)
+            logged = _forward_backward(task, net, batch, step, device, dtype, scaler, world, prefix)
+            if float(cfg.grad_clip) > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, float(cfg.grad_clip))
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            task.after_step(step)
+            done = step + 1
+            seen += task.images_per_step
+            loss = float(dist.all_reduce_mean(torch.tensor(logged["loss"], dtype=torch.float64)).item())
+            a = float(cfg.loss_smoothing)
+            loss_ema = loss if math.isnan(loss_ema) else a * loss_ema + (1 - a) * loss
+            elapsed = time.time() - t_start
+            bar.update(1)
+            postfix = {"loss": f"{loss_ema:.4f}"}
+            if task.images_per_step:
+                postfix["img_s"] = f"{seen / max(elapsed, 1e-9):.1f}"
+            if selection.best_value is not None:
+                postfix["val"] = f"{selection.best_value:.1f}"
+            bar.set_postfix(postfix)
+            if dist.is_main() and (done % int(cfg.log_every) == 0 or done == total):
+                rec = {"step": done, **task.log_fields(step), "loss": round(loss, 6),
+                       **{k: round(v, 6) for k, v in logged.items() if k != "loss"},
+                       "loss_ema": round(loss_ema, 6), "lr": sched.get_last_lr()[0]}
+                if task.images_per_step:
+                    rec["images_per_s"] = round(seen / max(elapsed, 1e-9), 3)
+                rec["elapsed_s"] = round(elapsed_before + elapsed, 1)
+                _append(metrics, rec)
+            if done == total or (cfg.eval_every and done % int(cfg.eval_every) == 0):
+                _evaluate(task, done, net, model, selection, metrics)
+            if done == total or (cfg.checkpoint_every and done % int(cfg.checkpoint_every) == 0):
+                save(done)
+            if time.time() - t_start > max_seconds and done < total:
+                log.warning("%s: time budget of %s minutes reached at step %d of %d; checkpointed, continue with "
+                            "--resume", task.name, cfg.max_minutes, done, total)
+                save(done)
+                stopped = True
+                break
+    except KeyboardInterrupt:
+        if done > start:
+            save(done)
+        raise
+    finally:
+        bar.close()
+    if not stopped and selection.weights is not None:
+        model.load_state_dict(selection.weights)
+    rule = f"best {cfg.select_metric}" if selection.weights is not None else "last step"
+    selected = {"rule": rule, "step": (selection.record or {}).get("step", done) if selection.weights is not None
+                else done, "metrics": selection.record}
+    return TrainResult(done, total, stopped, loss_ema, seen / max(time.time() - t_start, 1e-9), selected)
+
+
+def _resume(task: Task, cfg: LoopConfig, store: CheckpointStore, opt: Any, sched: Any, scaler: Any,
+            selection: _Selection, device: torch.device) -> int:
+    """Load the latest checkpoint, if any; returns the step to continue from."""
+    if store.latest() is None:
+        return 0
+    tensors, state = store.load(device="cpu")
+    if task.model_key not in tensors:
+        raise RunError(f"{store.folder}: the checkpoint holds no {task.model_key} weights; it was not written by "
+                       f"{task.name}")
+    task.model.load_state_dict(tensors[task.model_key])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["lr_scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    before = state.get("total")
+    if before not in (None, int(cfg.steps)) and not cfg.allow_new_total:
+        raise RunError(f"--resume: the checkpoints in {store.folder.parent} were written for {before} steps, the "
+                       f"config now gives {cfg.steps}; resume with the same settings")
+    selection.record = state.get("best")
+    selection.weights = tensors.get("best")
+    task.load_checkpoint(tensors, state.get("task") or {})
+    step = int(state["step"])
+    log.info("%s: resumed from step %d of %d (%s)", task.name, step, cfg.steps, store.folder)
+    return step
+
+
+def _forward_backward(task: Task, net: torch.nn.Module, batch: Any, step: int, device: torch.device,
+                      dtype: torch.dtype | None, scaler: Any, world: int, prefix: str) -> dict[str, float]:
+    """Forward + backward of one batch in the task's micro-batches; the batch's losses as floats."""
+    parts = task.micro_batches(batch, step)
+    logged: dict[str, float] = {}
+    for k, (part, weight) in enumerate(parts):
+        sync = world > 1 and k < len(parts) - 1
+        with net.no_sync() if sync else contextlib.nullcontext():  # type: ignore[operator]
+            with autocast(device, dtype):
+                losses = task.training_step(net, part, step)
+            loss = losses["loss"].float()
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"{task.name}: the loss became {loss.item()} at step {step}; lower {prefix}lr "
+                                       f"or set {prefix}grad_clip")
+            scaler.scale(loss * float(weight)).backward()
+        for name, value in losses.items():
+            logged[name] = logged.get(name, 0.0) + float(weight) * float(value.detach())
+    return logged
+
+
+def _evaluate(task: Task, step: int, net: torch.nn.Module, model: torch.nn.Module, selection: _Selection,
+              metrics: Path) -> None:
+    net.eval()
+    try:
+        result = task.evaluate(step)
+    finally:
+        net.train()
+    if result is None:
+        return
+    record = {"step": step, **task.log_fields(step - 1), **result}
+    selection.update(record, model)
+    if dist.is_main():
+        _append(metrics, record)
+    log.info("%s: step %d, %s", task.name, step,
+             ", ".join(f"{k} {v:.2f}" for k, v in result.items() if isinstance(v, float)))
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")

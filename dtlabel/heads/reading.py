@@ -1,0 +1,58 @@
+"""Teacher features for heads: images at the data size in, the teacher's named maps out.
+
+:class:`TeacherFeatures` resizes images to the teacher's size and reads its features online (fresh
+noise per seed) or through a :class:`~dtlabel.teachers.cache.FeatureCache`; :func:`head_predictor`
+turns a head + features into the ``predict`` function :func:`dtlabel.evaluation.evaluate_segmentation`
+scores, with the evaluation noise stream of train-head (so every command scores a head the same way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from dtlabel import seeds
+from dtlabel.heads import to_teacher_size
+
+
+class TeacherFeatures:
+    """Teacher features of images at the data size: resized to the teacher's size, then computed
+    online or read from / written to a feature cache.
+
+    ``chunk`` bounds the images per teacher forward (None: the whole batch). The UNet's activations
+    for ``chunk x timesteps`` images, not the features, dominate peak memory at large sizes; per-image
+    noise seeds make the result independent of the chunking.
+    """
+
+    def __init__(self, teacher: Any, cache: Any | None = None, chunk: int | None = None) -> None:
+        self.teacher, self.cache, self.chunk = teacher, cache, chunk
+
+    def __call__(self, images: torch.Tensor, seeds_: Sequence[int]) -> dict[str, torch.Tensor]:
+        """``images (B, 3, H, W)`` in [-1, 1], one noise seed per image -> ``{name: (B, C, h, w)}``."""
+        seeds_ = [int(s) for s in seeds_]
+        step = int(self.chunk or len(seeds_)) or 1
+        parts = [self._features(images[s:s + step], seeds_[s:s + step]) for s in range(0, len(seeds_), step)]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _features(self, images: torch.Tensor, seeds_: list[int]) -> dict[str, torch.Tensor]:
+        x = to_teacher_size(images, self.teacher.image_size).to(self.teacher.device)
+        if self.cache is not None:
+            return self.cache.features(self.teacher, x, seeds=seeds_)
+        return self.teacher.features(x, seed=seeds_)
+
+
+def head_predictor(head: Any, feats: TeacherFeatures, seed: int, size: Sequence[int]):  # noqa: ANN201
+    """``predict(images, indices) -> (pred, uncertainty)`` of ``head`` at ``size``, reading features with
+    the evaluation noise of image ``indices[b]`` (``seeds.noise(seed, EVAL_STREAM, index)``)."""
+    hw = (int(size[0]), int(size[1]))
+
+    def predict(images: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = feats(images, [seeds.noise(seed, seeds.EVAL_STREAM, int(i)) for i in indices])
+        probs, unc = head.predict(f, hw)
+        return probs.argmax(1), unc
+
+    return predict
