@@ -59,7 +59,7 @@ def _minutes(path: Path) -> str:
 
 
 def metrics_table(rows: list[tuple[str, Path]]) -> tuple[str, list[tuple[str, dict[str, Any]]], list[str]]:
-    from dtlabel.commands.demo import results_table
+    from dtlabel.report import results_table
 
     loaded = [(label, _read(path, "metrics.json")) for label, path in rows]
     names = list((loaded[0][1].get("per_class_iou") or {}).keys())
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         table, loaded, names = metrics_table(_pairs(args.runs))
         print(table)
         if args.png:
-            from dtlabel.commands.demo import results_plot
+            from dtlabel.report import results_plot
 
             Path(args.png).parent.mkdir(parents=True, exist_ok=True)
             results_plot(Path(args.png), loaded, names, title=args.title)

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from dtlabel.commands.train_student import _step, collate_synth, smp_kwargs
+    from dtlabel.losses import kd_loss, weighted_ce_loss
+    from dtlabel.students.task import smp_kwargs
+    from dtlabel.synth.augment import augment_synth, collate_synth
     from dtlabel.config import compose
     from dtlabel.data import data_size
     from dtlabel.students import create_student
@@ -81,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     model, spec = create_student(str(sc.arch), str(sc.encoder), ds.num_classes, **smp_kwargs(sc))
     device = torch.device("cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=float(sc.lr))
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
     scale = tuple(float(s) for s in sc.scale) if sc.get("scale") is not None else None
     gen = torch.Generator().manual_seed(0)
 
@@ -109,7 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     def one(get) -> float:  # noqa: ANN001
         t = time.perf_counter()
         batch = get()
-        _step(model, opt, scaler, None, batch, 0, bs, sc, size, scale, 255, gen, device, None, 0)
+        syn = augment_synth(batch, size, bool(sc.hflip), scale, 255, gen, device)  # the student task's synth step
+        logits = model(syn["image"]).float()
+        if str(sc.synth_loss) == "soft":
+            loss = kd_loss(logits, syn["logits"], float(sc.tau), valid=syn["logits_valid"])
+        else:
+            loss = weighted_ce_loss(logits, syn["label"], 1.0 - syn["uncertainty"], 255)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         return time.perf_counter() - t
 
     model.train()

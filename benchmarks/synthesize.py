@@ -39,7 +39,7 @@ from dtlabel.teachers.fit import build_unet  # noqa: E402
 def build_models(root: Path, preset: str, size: tuple[int, int]) -> tuple[Path, Path]:
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    from dtlabel.commands.train_head import head_kwargs
+    from dtlabel.heads.task import head_kwargs
 
     fit = compose("fit_teacher", [f"preset={preset}"]).fit
     torch.manual_seed(0)

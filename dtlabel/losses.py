@@ -1,4 +1,4 @@
-"""Training losses of the few-label heads: cross-entropy + Dice (PAPER.md §4), ignore_index aware.
+"""Training losses of the few-label heads: cross-entropy + Dice (docs/METHOD.md §4), ignore_index aware.
 
 Each objective returns a dict of named scalar losses; ``"loss"`` is the one to back-propagate, the
 others are its parts for logging.

@@ -204,3 +204,37 @@ def save_training_curves(run_dir: str | Path, title: str, loss_label: str = "tra
                 evals[label][1].append(r[key])
     if evals:
         save_curve(run_dir / "miou.png", evals, "step", "mIoU (%)", title=title)
+
+
+def results_table(rows: list[tuple[str, dict]], class_names: list[str]) -> str:
+    """Markdown table: mIoU, pixel accuracy and per-class IoU per model."""
+    head = "| model | mIoU | pixel acc | " + " | ".join(class_names) + " |"
+    sep = "|---" * (3 + len(class_names)) + "|"
+    lines = [head, sep]
+    for label, m in rows:
+        per = m.get("per_class_iou") or {}
+        cells = [f"{per[c]:.1f}" if per.get(c) is not None else "-" for c in class_names]
+        lines.append(f"| {label} | {m['miou']:.1f} | {m['pixel_accuracy']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_plot(path: str | Path, rows: list[tuple[str, dict]], class_names: list[str],
+                 title: str = "dtlabel demo: head vs students") -> None:
+    """Grouped bar chart of per-class test IoU and mIoU, one bar per model (written atomically)."""
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(class_names) + 1)
+    width = 0.8 / max(1, len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(x) + 2), 3.6), dpi=110)
+    for k, (label, m) in enumerate(rows):
+        per = m.get("per_class_iou") or {}
+        vals = [per.get(c) or 0.0 for c in class_names] + [m["miou"]]
+        ax.bar(x + (k - (len(rows) - 1) / 2) * width, vals, width, label=label, edgecolor="black", lw=0.4)
+    ax.set_xticks(x)
+    ax.set_xticklabels([*class_names, "mIoU"], rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("test IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save_fig(fig, Path(path))

@@ -7,7 +7,6 @@ later commands refuse it, and the same command continues it with ``--resume``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -20,7 +19,7 @@ from omegaconf import DictConfig
 from dtlabel import __version__
 from dtlabel.config import to_yaml
 from dtlabel.errors import RunError
-from dtlabel.io import write_json, write_text
+from dtlabel.io import read_json, write_json, write_text
 
 DESCRIPTOR = "run.json"
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class Run:
                     f"--out {path} already holds {state}; pass --resume to continue it or choose another --out"
                 )
             if desc.exists():
-                prev = json.loads(desc.read_text())
+                prev = read_json(desc, RunError, what=f"--out {path}: {DESCRIPTOR}")
                 if prev.get("command") != command:
                     raise RunError(f"--resume: {path} is a '{prev.get('command')}' run, not '{command}'")
             resumed = True
@@ -114,10 +113,7 @@ def read_run(path: str | Path, command: str | tuple[str, ...], option: str) -> d
     desc = path / DESCRIPTOR
     if not desc.is_file():
         raise RunError(f"{option} {path}: no {DESCRIPTOR}, the run is unfinished; rerun it with --resume")
-    try:
-        data = json.loads(desc.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{option} {path}: {DESCRIPTOR} is not valid JSON ({exc.msg})") from None
+    data = read_json(desc, RunError, what=f"{option} {path}: {DESCRIPTOR}", fix="rerun the command with --resume")
     if data.get("command") not in commands:
         raise RunError(f"{option} {path}: is a '{data.get('command')}' run, expected {' or '.join(commands)}")
     return data

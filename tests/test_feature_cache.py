@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from dtlabel.errors import ConfigError
+from dtlabel.features import FeatureSpec
 from dtlabel.teachers import Teacher, load_teacher
 from dtlabel.teachers.cache import CacheKey, FeatureCache, feature_settings, image_hash
 from dtlabel.teachers.tiny import build_tiny_ddpm
@@ -139,3 +143,43 @@ def test_cached_features_match_the_teacher_and_hit_the_second_time(
     # other timesteps are a different entry
     cache.features(teacher, x[:1], [5], timesteps=[50])
     assert len(cache) == 5
+
+
+class _ScaleTeacher(Teacher):
+    """A toy teacher without diffusion options: the image and its 2x average pool, times a weight."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.weight = torch.nn.Parameter(torch.tensor(1.5), requires_grad=False)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (32, 32)
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec(("full", "half"), (3, 3), (1, 2))
+
+    def check_image_size(self, height: int, width: int) -> None:
+        pass
+
+    def features(self, images: torch.Tensor, seed: int | Sequence[int] = 0) -> dict[str, torch.Tensor]:
+        x = self._check_images(images) * self.weight
+        return {"full": x, "half": torch.nn.functional.avg_pool2d(x, 2)}
+
+
+def test_a_teacher_without_reading_options_is_cached(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    toy = _ScaleTeacher(tmp_path / "model")
+    settings = json.loads(feature_settings(toy))
+    assert settings["names"] == ["full", "half"] and settings["noise_draws"] == 1
+    cache = FeatureCache(tmp_path / "cache")
+    x = batch(2)
+    first = cache.features(toy, x, [0, 1])
+    assert len(cache) == 2 and first["half"].shape == (2, 3, 16, 16)
+    torch.testing.assert_close(first["full"], x * 1.5, atol=1e-2, rtol=1e-3)
+    second = cache.features(toy, x, [0, 1])
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    with pytest.raises(ConfigError, match="takes no feature options"):
+        cache.features(toy, x, [0, 1], timesteps=[50])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,31 @@ import torch
 import torch.nn.functional as F
 
 from dtlabel.errors import ConfigError, ModelError
-from dtlabel.heads import HEADS, create_head, image_score, js_divergence, load_head, sample_features
+from dtlabel.features import FeatureSpec
+from dtlabel.heads import (
+    HEADS,
+    Head,
+    Interpreter,
+    create_head,
+    entropy,
+    head_class,
+    head_options,
+    image_score,
+    js_divergence,
+    load_head,
+    register_head,
+    sample_features,
+)
 from dtlabel.heads.base import pixel_grid
 from dtlabel.heads.mlp import sample_pixels
-from dtlabel.teachers import FeatureSpec
 
 SPEC = FeatureSpec(("up_blocks.0@t=50", "up_blocks.1@t=50", "up_blocks.2@t=50"), (24, 16, 8), (8, 4, 2))
 SMALL = {"interpreter": {"width": 16}, "mlp-ensemble": {"members": 3, "pixels_per_image": 64}}
+# Every option of every registered head, none at its default: the contract tests run over all heads.
+FULL = {
+    "interpreter": {"width": 8, "dropout": 0.2, "dice_weight": 2.0, "norm_groups": 4, "max_resolution_stride": 2},
+    "mlp-ensemble": {"members": 2, "hidden": [16, 8], "vote": "majority", "pixels_per_image": 32},
+}
 
 
 def _features(b: int = 2, image: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -25,7 +44,7 @@ def _features(b: int = 2, image: int = 32, seed: int = 0) -> dict[str, torch.Ten
     return {n: torch.randn(b, c, image // s, image // s, generator=g) for n, c, s in SPEC}
 
 
-@pytest.mark.parametrize("kind", sorted(HEADS))
+@pytest.mark.parametrize("kind", HEADS.names())
 def test_shapes_ranges_and_loss(kind: str) -> None:
     torch.manual_seed(0)
     head = create_head(kind, SPEC, 5, **SMALL[kind])
@@ -101,7 +120,7 @@ def test_sample_pixels_only_labeled_and_bounded() -> None:
     assert set(targets[0].tolist()) <= {1, 2} and (targets[1] == 255).all()  # image 1 has no labeled pixel
 
 
-@pytest.mark.parametrize("kind", sorted(HEADS))
+@pytest.mark.parametrize("kind", HEADS.names())
 def test_heads_learn_a_separable_problem(kind: str) -> None:
     """Features that encode the mask: both heads must fit it (a smoke test of the training path)."""
     torch.manual_seed(0)
@@ -121,7 +140,7 @@ def test_heads_learn_a_separable_problem(kind: str) -> None:
     assert (probs.argmax(1) == masks).float().mean() > 0.9
 
 
-@pytest.mark.parametrize("kind", sorted(HEADS))
+@pytest.mark.parametrize("kind", HEADS.names())
 def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     head = create_head(kind, SPEC, 4, **SMALL[kind])
@@ -181,3 +200,111 @@ def test_image_score_is_mean_of_top_ten_percent() -> None:
     unc = torch.arange(20, dtype=torch.float32).reshape(1, 4, 5)  # top 10% of 20 pixels: 19, 18
     assert image_score(unc).tolist() == [18.5]
     assert image_score(unc, top=1.0).tolist() == [9.5]
+
+
+# ---------------------------------------------------------------------------- registry contract
+def check_head_contract(kind: str, options: dict, tmp_path: Path) -> None:
+    """What every head promises: sized from a spec, a finite loss, probabilities, an exact reload."""
+    torch.manual_seed(0)
+    head = create_head(kind, SPEC, 4, **options)
+    assert type(head) is head_class(kind) and head.kind == kind
+    assert head.kwargs == options  # recorded without the head listing its options
+    assert json.loads(json.dumps(head.describe()))["kwargs"] == options
+    masks = torch.randint(0, 4, (2, 32, 32), generator=torch.Generator().manual_seed(1))
+    losses = head.loss(_features(), masks, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(losses["loss"]) and losses["loss"].requires_grad
+    losses["loss"].backward()
+    feats = _features(seed=2)
+    probs, unc = head.predict(feats, size=(16, 24))
+    assert probs.shape == (2, 4, 16, 24) and unc.shape == (2, 16, 24)
+    assert probs.min() >= 0 and torch.allclose(probs.sum(1), torch.ones(2, 16, 24), atol=1e-5) and unc.min() >= 0
+    head.save(tmp_path / kind)
+    loaded = load_head(tmp_path / kind)
+    assert type(loaded) is type(head) and loaded.kwargs == head.kwargs
+    again = loaded.predict(feats, size=(16, 24))
+    assert torch.equal(probs, again[0]) and torch.equal(unc, again[1])
+
+
+@pytest.mark.parametrize("kind", HEADS.names())
+def test_every_head_keeps_the_head_contract(kind: str, tmp_path: Path) -> None:
+    assert sorted(FULL[kind]) == sorted(head_options(kind)), "FULL must give every option of the head"
+    check_head_contract(kind, FULL[kind], tmp_path)
+
+
+@pytest.mark.parametrize("kind", HEADS.names())
+def test_defaults_are_recorded_too(kind: str) -> None:
+    head = create_head(kind, SPEC, 3)
+    assert list(head.kwargs) == head_options(kind)
+    assert create_head(kind, SPEC, 3, **head.kwargs).kwargs == head.kwargs
+
+
+# ---------------------------------------------------------------------------- plug-in heads
+class MeanHead(Head):
+    """A toy head: one 1x1 conv on the upsampled, concatenated maps."""
+
+    uncertainty_kind = "predictive entropy (nats)"
+
+    def __init__(self, spec: FeatureSpec, num_classes: int, scale: float = 1.0, maps: list | None = None) -> None:
+        super().__init__(spec, num_classes)
+        self.maps = list(maps or spec.names)
+        self.scale = float(scale)
+        self.conv = torch.nn.Conv2d(sum(spec.channels[spec.index(n)] for n in self.maps), num_classes, 1)
+
+    def forward(self, features: dict, size: tuple[int, int]) -> torch.Tensor:
+        up = [F.interpolate(features[n], size=size, mode="bilinear", align_corners=False) for n in self.maps]
+        return self.conv(torch.cat(up, 1) * self.scale)
+
+    def loss(self, features: dict, masks: torch.Tensor, ignore_index: int = 255,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        ce = F.cross_entropy(self(features, tuple(masks.shape[-2:])), masks.long(), ignore_index=ignore_index)
+        return {"loss": ce, "ce": ce.detach()}
+
+    def _predict(self, features: dict, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = self(features, size).softmax(1)
+        return probs, entropy(probs, 1)
+
+
+class DeepInterpreter(Interpreter):
+    """A plug-in built on a built-in: its own option, the parent's set from it."""
+
+    def __init__(self, spec: FeatureSpec, num_classes: int, depth: int = 2) -> None:
+        super().__init__(spec, num_classes, width=4 * depth, norm_groups=2)
+
+
+@pytest.fixture
+def plug_ins() -> Iterator[None]:
+    register_head("toy-mean")(MeanHead)
+    register_head("toy-deep")(DeepInterpreter)
+    try:
+        yield
+    finally:
+        HEADS.unregister("toy-mean")
+        HEADS.unregister("toy-deep")
+
+
+def test_a_plug_in_head_is_created_by_name(plug_ins: None, tmp_path: Path) -> None:
+    assert {"toy-mean", "toy-deep"} <= set(HEADS.names()) and MeanHead.kind == "toy-mean"
+    assert head_options("toy-mean") == ["scale", "maps"]
+    assert create_head("toy-mean", SPEC, 3).kwargs == {"scale": 1.0, "maps": None}
+    check_head_contract("toy-mean", {"scale": 0.5, "maps": ["up_blocks.1@t=50", "up_blocks.2@t=50"]}, tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown option 'scael' for head 'toy-mean' \(did you mean: scale\?\)"):
+        create_head("toy-mean", SPEC, 3, scael=2.0)
+
+
+def test_a_subclass_records_its_own_arguments(plug_ins: None, tmp_path: Path) -> None:
+    head = create_head("toy-deep", SPEC, 3, depth=3)
+    assert head.kwargs == {"depth": 3}  # the outermost constructor's arguments, not the parent's
+    assert head.lateral[0].out_channels == 12
+    check_head_contract("toy-deep", {"depth": 1}, tmp_path)
+
+
+def test_a_duplicate_head_name_is_refused(plug_ins: None) -> None:
+    with pytest.raises(ValueError, match="'toy-mean' is already registered to MeanHead"):
+        register_head("toy-mean")(DeepInterpreter)
+    with pytest.raises(ValueError, match="'interpreter' is already registered to Interpreter"):
+        register_head("interpreter")(MeanHead)
+    assert HEADS["interpreter"] is Interpreter and Interpreter.kind == "interpreter"
+    HEADS.unregister("toy-mean")
+    with pytest.raises(ConfigError, match="unknown head kind 'toy-mean'"):
+        create_head("toy-mean", SPEC, 3)
+    register_head("toy-mean")(MeanHead)  # the fixture unregisters it

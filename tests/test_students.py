@@ -155,7 +155,7 @@ def test_losses() -> None:
 
 
 def test_augment_synth_resizes_and_keeps_logits_aligned() -> None:
-    from dtlabel.commands.train_student import augment_synth
+    from dtlabel.synth.augment import augment_synth
 
     label = torch.zeros(2, 16, 16, dtype=torch.uint8)
     label[:, :, :8] = 1  # left half class 1

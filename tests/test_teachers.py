@@ -4,32 +4,44 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dtlabel.errors import ConfigError, ModelError
+from dtlabel.heads import create_head
 from dtlabel.teachers import (
     TEACHERS,
     DDPMTeacher,
+    DiffusionTeacher,
     FeatureSpec,
+    SampleOutput,
     StableDiffusionTeacher,
     Teacher,
     create_teacher,
     detect_family,
+    detection_order,
+    hash_model_folder,
     load_teacher,
     register_teacher,
+    teacher_from_config,
 )
 from dtlabel.teachers.tiny import build_tiny_ddpm, build_tiny_sd
 
+# Every registered family needs a tiny model here: the contract tests run over all of them.
+TINY = {"ddpm": build_tiny_ddpm, "stable-diffusion": build_tiny_sd}
 SIZES = {"ddpm": 32, "stable-diffusion": 64}
 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("teachers")
-    return {"ddpm": build_tiny_ddpm(root / "ddpm"), "stable-diffusion": build_tiny_sd(root / "sd")}
+    missing = [name for name in TEACHERS.names() if name not in TINY]
+    assert not missing, f"registered teacher families without a tiny test model: {missing}"
+    return {name: TINY[name](root / name) for name in TEACHERS.names()}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +55,7 @@ def images(family: str, n: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.rand((n, 3, s, s), generator=g) * 2 - 1
 
 
-FAMILIES = pytest.mark.parametrize("family", ["ddpm", "stable-diffusion"])
+FAMILIES = pytest.mark.parametrize("family", TEACHERS.names())
 
 
 # ---------------------------------------------------------------------------- feature spec
@@ -261,7 +273,8 @@ def test_register_teacher() -> None:
         with pytest.raises(ValueError, match="already registered"):
             register_teacher("test-ddpm")(DDPMTeacher)
     finally:
-        TEACHERS.pop("test-ddpm")
+        TEACHERS.unregister("test-ddpm")
+    assert "test-ddpm" not in TEACHERS and DDPMTeacher.family == "ddpm"
 
 
 # ---------------------------------------------------------------------------- errors
@@ -326,3 +339,145 @@ def test_allow_any_size(model_dirs: dict[str, Path]) -> None:
     assert feats["up_blocks.1@t=50"].shape == (1, 32, 48, 64)
     with pytest.raises(ConfigError, match=r"multiples of 4; pad or resize to 52x64"):
         teacher.features(torch.zeros(1, 3, 50, 64))
+
+
+# ---------------------------------------------------------------------------- registry contract
+def check_teacher_contract(teacher: Teacher, path: Path, family: str, size: tuple[int, int]) -> None:
+    """What every family promises, whatever it is (diffusion or not)."""
+    assert isinstance(teacher, Teacher) and type(teacher).family == family and TEACHERS.get(family) is type(teacher)
+    assert TEACHERS[family].matches(path) and detect_family(path) == family
+    x = torch.rand((2, 3, *size), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    spec = teacher.feature_spec
+    feats = teacher.features(x, seed=[1, 2])
+    assert tuple(feats) == spec.names and spec == teacher.spec_for()
+    for (name, channels, stride), f in zip(spec, feats.values()):
+        assert f.dtype == torch.float32 and torch.isfinite(f).all(), name
+        assert tuple(f.shape) == (2, channels, size[0] // stride, size[1] // stride), name
+    again = teacher.features(x, seed=[1, 2])
+    assert all(torch.equal(feats[k], again[k]) for k in feats)  # same seeds, same features
+    desc = teacher.describe()
+    assert json.loads(json.dumps(desc)) == desc and teacher.describe() == desc
+    assert desc["family"] == family and desc["feature_spec"] == spec.to_dict()
+    assert desc["teacher_hash"] == teacher.teacher_hash() == hash_model_folder(teacher.root)
+    assert create_teacher(family, path, **desc["kwargs"]).describe() == desc  # kwargs recreate it
+    if teacher.can_sample:
+        out = teacher.sample(2, seed=0, steps=1, return_features=False)
+        assert isinstance(out, SampleOutput) and out.images.shape == (2, 3, *teacher.image_size)
+        assert out.seeds == [0, 1] and out.features is None
+    else:
+        with pytest.raises(ConfigError, match="cannot sample"):
+            teacher.sample(2)
+    teacher.train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+@FAMILIES
+def test_every_family_keeps_the_teacher_contract(
+    teachers: dict[str, Teacher], model_dirs: dict[str, Path], family: str
+) -> None:
+    size = (SIZES[family], SIZES[family])
+    check_teacher_contract(teachers[family], model_dirs[family], family, size)
+
+
+def test_diffusion_families_differ_only_where_they_say() -> None:
+    for family in TEACHERS.names():
+        cls = TEACHERS[family]
+        assert issubclass(cls, DiffusionTeacher) and cls.can_sample
+        assert set(cls.options()) >= {"blocks", "timesteps", "amp", "sampler"}
+    assert set(DDPMTeacher.options()) - set(DiffusionTeacher.options()) == {"allow_any_size"}
+    assert set(StableDiffusionTeacher.options()) - set(DiffusionTeacher.options()) == {"prompt", "guidance_scale"}
+
+
+def test_detection_asks_stable_diffusion_before_ddpm() -> None:
+    order = detection_order()
+    assert sorted(order) == TEACHERS.names()
+    assert order.index("stable-diffusion") < order.index("ddpm")
+
+
+# ---------------------------------------------------------------------------- a plug-in family
+class PoolTeacher(Teacher):
+    """A toy non-diffusion family: average pools of the image (no weights, cannot sample)."""
+
+    folder_hint = "config.json with _class_name PoolTeacher"
+
+    def __init__(self, path: str | Path, *, strides: Sequence[int] = (2, 4), gain: float = 1.0) -> None:
+        super().__init__(path)
+        self.strides = tuple(int(s) for s in strides)
+        self.kwargs.update(strides=list(self.strides), gain=float(gain))
+        self.register_buffer("gain", torch.tensor(float(gain)))
+
+    @classmethod
+    def matches(cls, root: Path) -> bool:
+        cfg = root / "config.json"
+        return cfg.is_file() and json.loads(cfg.read_text()).get("_class_name") == "PoolTeacher"
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (16, 16)
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec(tuple(f"pool{s}" for s in self.strides), (3,) * len(self.strides), self.strides)
+
+    def check_image_size(self, height: int, width: int) -> None:
+        m = max(self.strides)
+        if height % m or width % m:
+            raise ConfigError(f"images are {height}x{width}; the pool teacher needs multiples of {m}")
+
+    def features(self, images: torch.Tensor, seed: int | Sequence[int] = 0) -> dict[str, torch.Tensor]:
+        x = self._check_images(images)
+        return {f"pool{s}": F.avg_pool2d(x, s) * self.gain for s in self.strides}
+
+
+@pytest.fixture
+def pool_family(tmp_path: Path) -> Iterator[Path]:
+    """``PoolTeacher`` registered as ``toy-pool`` for one test, and a folder it recognises."""
+    register_teacher("toy-pool")(PoolTeacher)
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_class_name": "PoolTeacher"}))
+    try:
+        yield folder
+    finally:
+        TEACHERS.unregister("toy-pool")
+
+
+def test_a_plug_in_family_is_created_detected_and_described_by_name(pool_family: Path) -> None:
+    assert "toy-pool" in TEACHERS and PoolTeacher.family == "toy-pool"
+    assert PoolTeacher.options() == ("strides", "gain")
+    check_teacher_contract(create_teacher("toy-pool", pool_family), pool_family, "toy-pool", (16, 16))
+    detected = load_teacher(pool_family, strides=[4])
+    assert isinstance(detected, PoolTeacher) and detected.feature_spec.names == ("pool4",)
+    # a shared teacher config section: keys of other families (timesteps, prompt) are not passed
+    cfg = {"family": "auto", "strides": [2], "gain": 2.0, "timesteps": [50], "prompt": "", "blocks": None}
+    configured = teacher_from_config(pool_family, cfg)
+    assert configured.kwargs == {"strides": [2], "gain": 2.0}
+    with pytest.raises(ConfigError, match="takes no feature options"):
+        configured.spec_for(timesteps=[50])
+    # heads size themselves from any family's spec
+    head = create_head("interpreter", configured.feature_spec, 3, width=4, norm_groups=2)
+    probs, _ = head.predict(configured.features(torch.zeros(1, 3, 16, 16)))
+    assert probs.shape == (1, 3, 16, 16)
+
+
+def test_a_duplicate_family_name_is_refused(pool_family: Path) -> None:
+    with pytest.raises(ValueError, match="'toy-pool' is already registered to PoolTeacher"):
+        register_teacher("toy-pool")(DDPMTeacher)
+    with pytest.raises(ValueError, match="already registered"):
+        register_teacher("ddpm")(PoolTeacher)
+    assert TEACHERS["ddpm"] is DDPMTeacher and TEACHERS["toy-pool"] is PoolTeacher
+    register_teacher("toy-pool")(PoolTeacher)  # the same class again is a no-op
+
+
+def test_unknown_family_names_the_registered_ones(pool_family: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown teacher family 'toy-pol' \(did you mean: toy-pool\?\); available: "
+                                          r"ddpm, stable-diffusion, toy-pool, auto"):
+        create_teacher("toy-pol", pool_family)
+    TEACHERS.unregister("toy-pool")
+    try:
+        with pytest.raises(ConfigError, match="unknown teacher family 'toy-pool'"):
+            load_teacher(pool_family, family="toy-pool")
+        with pytest.raises(ModelError, match="no diffusers teacher model"):
+            load_teacher(pool_family)  # no registered family recognises the folder any more
+    finally:
+        register_teacher("toy-pool")(PoolTeacher)  # the fixture unregisters it

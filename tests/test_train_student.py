@@ -63,7 +63,7 @@ def test_plain_smp_loads_and_reproduces_test_miou(scratch: Path) -> None:
     import segmentation_models_pytorch as smp
     from omegaconf import OmegaConf
 
-    from dtlabel.commands.train_student import evaluate
+    from dtlabel.students.task import score_student
     from dtlabel.data import build_data
 
     d = json.loads((scratch / "student" / "student.json").read_text())
@@ -71,29 +71,31 @@ def test_plain_smp_loads_and_reproduces_test_miou(scratch: Path) -> None:
                              in_channels=3, **d["smp_kwargs"])
     model.load_state_dict(load_file(str(scratch / "student" / "student.safetensors")), strict=True)
     bundle = build_data(OmegaConf.load(scratch / "config.yaml").data)
-    cm, _ = evaluate(model, bundle.labeled, bundle.splits["test"], (32, 32), 16, torch.device("cpu"))
-    assert cm.summary()["miou"] == json.loads((scratch / "metrics.json").read_text())["miou"]
+    ev = score_student(model, bundle.labeled, bundle.splits["test"], (32, 32), 16, torch.device("cpu"))
+    assert ev.cm.summary()["miou"] == json.loads((scratch / "metrics.json").read_text())["miou"]
 
 
-def test_resume_after_interrupt_matches(scratch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dtlabel.commands import train_student
+def _students_equal(a: Path, b: Path) -> bool:
+    wa, wb = (load_file(str(p / "student" / "student.safetensors")) for p in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
-    calls = {"n": 0}
 
-    def barrier() -> None:  # the 2nd barrier follows the epoch-1 checkpoint
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
+def test_time_budget_then_resume_matches(scratch: Path, tmp_path: Path) -> None:
     out = tmp_path / "r"
-    monkeypatch.setattr(train_student.dist, "barrier", barrier)
-    assert main(["train-student", *TINY, "--labels", "8", "--out", str(out)]) == 130
-    assert (out / "checkpoint.pt").is_file() and not (out / "run.json").exists()
-    monkeypatch.undo()
+    assert main(["train-student", *TINY, "--labels", "8", "student.max_minutes=0", "--out", str(out)]) == 0
+    assert (out / "checkpoints" / "step_0000001").is_dir() and not (out / "run.json").exists()  # inside epoch 1
     assert main(["train-student", *TINY, "--labels", "8", "--out", str(out), "--resume"]) == 0
-    a, b = (load_file(str(p / "student" / "student.safetensors")) for p in (scratch, out))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _students_equal(scratch, out)
     assert json.loads((out / "metrics.json").read_text())["miou"] == json.loads((scratch / "metrics.json").read_text())["miou"]
+
+
+def test_time_budget_mid_epoch_with_synth_resumes_to_the_same_student(synth: Path, tmp_path: Path) -> None:
+    args = ["train-student", *TINY, "--synth", str(synth), "--labels", "8", "student.epoch_steps=3"]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    out = tmp_path / "split"
+    assert main([*args, "student.max_minutes=0", "--out", str(out)]) == 0
+    assert main([*args, "--resume", "--out", str(out)]) == 0
+    assert _students_equal(tmp_path / "full", out)
 
 
 def test_synth_soft_kd(synth: Path, tmp_path: Path) -> None:

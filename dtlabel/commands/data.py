@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from dtlabel import seeds
 from dtlabel.data import build_data, data_size
 from dtlabel.data.check import check_bundle
 from dtlabel.data.transforms import build_transform
@@ -69,7 +70,7 @@ def preview(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, An
         ids = bundle.splits[split]
         if not ids:
             raise DataError(f"split '{split}' of {bundle.name} is empty")
-    chosen = sorted(random.Random(int(cfg.seed)).sample(list(ids), min(n, len(ids))))
+    chosen = sorted(random.Random(seeds.preview(int(cfg.seed))).sample(list(ids), min(n, len(ids))))
     rows, cols = [], 8
     cells = []
     for id_ in chosen:

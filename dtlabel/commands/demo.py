@@ -22,7 +22,6 @@ continues an interrupted demo where it stopped; an unfinished stage continues wi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import subprocess
@@ -31,14 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
 from dtlabel.data import build_data
 from dtlabel.errors import ConfigError, RunError
-from dtlabel.io import atomic_dir, write_json, write_text
+from dtlabel.io import atomic_dir, read_json, write_json, write_text
+from dtlabel.report import results_plot, results_table
 from dtlabel.runs import DESCRIPTOR, Run
 
 log = logging.getLogger(__name__)
@@ -100,47 +99,7 @@ def _export_unlabeled(run: Run, cfg: DictConfig, count: int, quiet: bool) -> Pat
 
 
 def _metrics(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "metrics.json").read_text())
-
-
-def results_table(rows: list[tuple[str, dict[str, Any]]], class_names: list[str]) -> str:
-    """Markdown table: mIoU, pixel accuracy and per-class IoU per model."""
-    head = "| model | mIoU | pixel acc | " + " | ".join(class_names) + " |"
-    sep = "|---" * (3 + len(class_names)) + "|"
-    lines = [head, sep]
-    for label, m in rows:
-        per = m.get("per_class_iou") or {}
-        cells = [f"{per[c]:.1f}" if per.get(c) is not None else "-" for c in class_names]
-        lines.append(f"| {label} | {m['miou']:.1f} | {m['pixel_accuracy']:.1f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def results_plot(path: Path, rows: list[tuple[str, dict[str, Any]]], class_names: list[str],
-                 title: str = "dtlabel demo: head vs students") -> None:
-    """Grouped bar chart of per-class test IoU and mIoU, one bar per model (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = np.arange(len(class_names) + 1)
-    width = 0.8 / max(1, len(rows))
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(x) + 2), 3.6), dpi=110)
-    for k, (label, m) in enumerate(rows):
-        per = m.get("per_class_iou") or {}
-        vals = [per.get(c) or 0.0 for c in class_names] + [m["miou"]]
-        ax.bar(x + (k - (len(rows) - 1) / 2) * width, vals, width, label=label, edgecolor="black", lw=0.4)
-    ax.set_xticks(x)
-    ax.set_xticklabels([*class_names, "mIoU"], rotation=40, ha="right", fontsize=8)
-    ax.set_ylabel("test IoU (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, loc="upper right")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    return read_json(folder / "metrics.json", RunError, fix="rerun dtlabel demo with --resume")
 
 
 def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:

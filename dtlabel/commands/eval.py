@@ -12,39 +12,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig
 
 from dtlabel.data import build_data
-from dtlabel.device import amp_dtype, select_device
+from dtlabel.device import select_device
 from dtlabel.errors import ConfigError, DataError, ModelError
-from dtlabel.io import write_json
-from dtlabel.metrics import ConfusionMatrix
-from dtlabel.report import overlay, save_bars, save_confusion, save_grid
+from dtlabel.metrics import write_metrics
+from dtlabel.report import save_eval_pictures
 from dtlabel.runs import Run, read_run
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-
-
-def pictures(out: Path, samples: list, names: list[str], ignore: int, summary: dict[str, Any], cm: ConfusionMatrix,
-             title: str, confusion: bool = True) -> None:
-    """``overlays.png`` (samples ``(image, mask, pred, ...)``), ``iou.png`` and ``confusion.png``."""
-    c = len(names)
-    if samples:
-        rows = [[s[0], overlay(s[0], s[1], c, ignore_index=ignore), overlay(s[0], s[2], c, ignore_index=ignore)]
-                for s in samples]
-        save_grid(out / "overlays.png", rows, titles=["image", "ground truth", "prediction"], class_names=names,
-                  suptitle=title)
-    values = [v if v is not None else 0.0 for v in summary["per_class_iou"].values()]
-    miou = summary["miou"] if summary["miou"] is not None else float("nan")
-    save_bars(out / "iou.png", names, values, title=f"{title}: mIoU {miou:.1f}")
-    if confusion:
-        save_confusion(out / "confusion.png", cm.matrix.cpu().numpy(), names, title=title)
 
 
 def _check_classes(model_names: list[str] | None, n_model: int, source: Any, what: str) -> None:
@@ -94,16 +75,14 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     keep, bs, nw = int(cfg.overlays), int(cfg.batch_size), int(cfg.num_workers)
     extra: dict[str, Any] = {}
     if student_dir:
-        from dtlabel.commands.train_student import evaluate
+        from dtlabel.students.task import score_student
 
-        cm, samples = evaluate(model, source, ids, size, bs, device, amp_dtype(device, str(cfg.amp)), keep=keep,
-                               num_workers=nw)
+        ev = score_student(model, source, ids, size, bs, device, str(cfg.amp), keep=keep, num_workers=nw)
         extra["student"] = str(student_dir)
     else:
-        from dtlabel.commands.train_head import TeacherFeatures
-        from dtlabel.commands.train_head import evaluate as evaluate_head
-        from dtlabel.teachers import teacher_from_config
-        from dtlabel.teachers.base import resolve_model_root
+        from dtlabel.heads.reading import TeacherFeatures
+        from dtlabel.heads.task import score_head
+        from dtlabel.teachers import resolve_model_root, teacher_from_config
 
         teacher_dir = cfg.inputs.get("teacher") or hdesc.get("teacher")
         if not teacher_dir:
@@ -115,20 +94,13 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
             raise ModelError(f"--teacher {teacher_dir} is not the teacher the head was trained on (hash "
                              f"{teacher.teacher_hash()[:12]} vs {str(want)[:12]}); pass that teacher's folder")
         seed = int(head.meta.get("seed", cfg.seed))
-        cm, samples, scores = evaluate_head(head, TeacherFeatures(teacher), source, ids, size, bs, seed, keep=keep,
-                                            num_workers=nw)
-        extra.update(head=str(head_dir), teacher=str(teacher_dir),
-                     mean_uncertainty=float(np.mean(scores)) if scores else None)
+        ev = score_head(head, TeacherFeatures(teacher), source, ids, size, bs, seed, keep=keep, num_workers=nw)
+        extra.update(head=str(head_dir), teacher=str(teacher_dir), mean_uncertainty=ev.mean_score)
     names = list(source.class_names)
-    s = cm.summary(names)
-    metrics = {
-        "units": "percent; IoU of classes absent from both ground truth and prediction is null and not averaged",
-        "model": kind, "split": split, "n_images": len(ids), "size": list(size), "data": bundle.name,
-        "miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"], "per_class_iou": s["per_class_iou"],
-        "classes_counted": s["classes_counted"], "pixels": s["pixels"], "confusion_matrix": cm.matrix.tolist(), **extra,
-    }
-    write_json(run.path / "metrics.json", metrics)
-    pictures(run.path, samples, names, source.ignore_index, s, cm, f"{kind} on {bundle.name} {split}")
+    s = write_metrics(run.path / "metrics.json", ev.cm, names, split, len(ids), size, model=kind, data=bundle.name,
+                      **extra)
+    save_eval_pictures(run.path, ev.samples, names, source.ignore_index, s, f"{kind} on {bundle.name} {split}",
+                       confusion=ev.cm.matrix.cpu().numpy())
     log.info("%s on %s %s (%d images): mIoU %s, pixel accuracy %s", kind, bundle.name, split, len(ids), s["miou"],
              s["pixel_accuracy"])
     return {"model": kind, "split": split, "data": bundle.name, "n_images": len(ids), "size": list(size),

@@ -22,40 +22,32 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from tqdm import tqdm
 
 from dtlabel import dist
-from dtlabel.data.folder import list_images, read_image
+from dtlabel.data.folder import list_images
 from dtlabel.device import select_device
 from dtlabel.errors import ConfigError, DataError, ModelError, RunError
-from dtlabel.heads import Head, load_head, to_teacher_size
+from dtlabel.heads import Head, load_head
 from dtlabel.heads.base import DESCRIPTOR as HEAD_DESCRIPTOR
 from dtlabel.heads.base import WEIGHTS as HEAD_WEIGHTS
-from dtlabel.heads.base import image_score
-from dtlabel.io import sha256_bytes, sha256_file, write_json
+from dtlabel.io import read_json, sha256_bytes, sha256_file, write_json
+from dtlabel.labeling import image_batch, sampled_batch
 from dtlabel.runs import Run
 from dtlabel.synth.shards import (
     MANIFEST,
     PLAN,
     SHARD_DIR,
-    LOGIT_FLOOR,
-    shard_name,
-    sidecar_name,
-    uncertainty_to_uint8,
+    shard_complete,
+    shard_ranges,
 )
 from dtlabel.synth.writer import ShardWriter
-from dtlabel.teachers import Teacher, teacher_from_config
-from dtlabel.teachers.base import resolve_model_root
+from dtlabel.teachers import Teacher, resolve_model_root, teacher_from_config
 
 log = logging.getLogger(__name__)
 
@@ -129,28 +121,6 @@ def _count(cfg: DictConfig, files: list[Path] | None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- shards
-def shard_ranges(n: int, per_shard: int) -> list[tuple[int, int]]:
-    """``[(first, last)]`` inclusive index range of every shard."""
-    return [(a, min(n, a + per_shard) - 1) for a in range(0, n, per_shard)]
-
-
-def shard_complete(folder: Path, j: int, verify: bool) -> bool:
-    """A shard counts when its tar exists beside its sidecar and (``verify``) the sha256 matches."""
-    tar, side = folder / shard_name(j), folder / sidecar_name(j)
-    if not tar.is_file() or not side.is_file():
-        return False
-    try:
-        info = json.loads(side.read_text())
-    except (json.JSONDecodeError, OSError):
-        return False
-    if info.get("bytes") != tar.stat().st_size:
-        return False
-    if verify and sha256_file(tar) != info.get("sha256"):
-        log.warning("%s does not match its sidecar hash: writing it again", tar.name)
-        return False
-    return True
-
-
 def _prepare_folder(run: Run, plan: dict[str, Any]) -> None:
     """Rank 0: the shard folder, no temporary leftovers, and the plan every restart must match."""
     folder = run.path / SHARD_DIR
@@ -165,7 +135,7 @@ def _prepare_folder(run: Run, plan: dict[str, Any]) -> None:
 
 
 def _check_plan(run: Run, plan: dict[str, Any]) -> None:
-    prev = json.loads((run.path / PLAN).read_text())
+    prev = read_json(run.path / PLAN, RunError, fix="delete the run folder or use another --out")
     for key in plan:
         if prev.get(key) != plan[key]:
             what = "the image folder's files" if key == "files" else key
@@ -176,40 +146,6 @@ def _check_plan(run: Run, plan: dict[str, Any]) -> None:
 def _short(v: Any) -> str:
     s = json.dumps(v)
     return s if len(s) <= 40 else s[:37] + "..."
-
-
-# ---------------------------------------------------------------------------------------------- labeling
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``(B, 3, H, W)`` in [-1, 1] -> ``(B, H, W, 3) uint8``."""
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-@torch.no_grad()
-def label_batch(head: Head, feats: dict[str, torch.Tensor], size: tuple[int, int], logits_size: tuple[int, int] | None,
-                score_top: float) -> dict[str, Any]:
-    """Head outputs of one batch as numpy: label, uint8 uncertainty, logits, scores."""
-    probs, unc = head.predict(feats, size)
-    c = probs.shape[1]
-    u_norm = (unc.float() / math.log(max(2, c))).clamp(0, 1)
-    u8 = uncertainty_to_uint8(u_norm.cpu().numpy())
-    out: dict[str, Any] = {
-        "label": probs.argmax(1).to(torch.uint8).cpu().numpy(),
-        "uncert": u8,
-        # from the stored uint8 map, so the score is reproducible from the shard alone, bit for bit
-        "score": image_score(torch.from_numpy(u8).double() / 255.0, top=score_top).numpy(),
-        "logits": None,
-    }
-    if logits_size is not None:
-        small = probs if tuple(probs.shape[-2:]) == logits_size else F.interpolate(probs.float(), size=logits_size, mode="area")
-        out["logits"] = small.clamp_min(math.exp(LOGIT_FLOOR)).log().half().cpu().numpy()
-    return out
-
-
-def _load_resized(path: Path, size: tuple[int, int]) -> np.ndarray:
-    arr = read_image(path)
-    if arr.shape[:2] != tuple(size):
-        arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BICUBIC), dtype=np.uint8)
-    return arr
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -285,10 +221,10 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
             for start in range(first, last + 1, bs):
                 idx = list(range(start, min(last + 1, start + bs)))
                 if mode == "sample":
-                    samples = _sampled_batch(teacher, head, idx, base_seed, steps, size, logits_size, float(sc.score_top))
+                    samples = sampled_batch(teacher, head, idx, base_seed, steps, size, logits_size, float(sc.score_top))
                     writer.add(samples)
                 else:
-                    samples, skipped = _image_batch(teacher, head, files, images_root, idx, base_seed, size,  # type: ignore[arg-type]
+                    samples, skipped = image_batch(teacher, head, files, images_root, idx, base_seed, size,  # type: ignore[arg-type]
                                                     logits_size, float(sc.score_top), bool(sc.skip_corrupt))
                     writer.add(samples, skipped)
             writer.close(j)
@@ -321,45 +257,4 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         "teacher": str(cfg.inputs.teacher), "head": str(cfg.inputs.head), "teacher_hash": t_hash, "head_hash": h_hash,
         "samples_per_second": round(rate, 3), "bytes_per_sample": manifest["bytes_per_sample"],
         "preview": preview.name if preview else None,
-    }
-
-
-def _sampled_batch(teacher: Teacher, head: Head, idx: list[int], base_seed: int, steps: int, size: tuple[int, int],
-                   logits_size: tuple[int, int] | None, score_top: float) -> list[dict[str, Any]]:
-    out = teacher.sample(len(idx), seed=base_seed + idx[0], steps=steps, batch_size=len(idx), return_features=True,
-                         output_device=None)
-    lab = label_batch(head, out.features, size, logits_size, score_top)
-    images = _to_uint8(out.images)
-    return [_sample_dict(lab, k, i, base_seed + i, images[k], "sample", None) for k, i in enumerate(idx)]
-
-
-def _image_batch(teacher: Teacher, head: Head, files: list[Path], root: Path, idx: list[int], base_seed: int,
-                 size: tuple[int, int], logits_size: tuple[int, int] | None, score_top: float,
-                 skip_corrupt: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    arrays, kept, skipped = [], [], []
-    for i in idx:
-        try:
-            arrays.append(_load_resized(files[i], size))
-            kept.append(i)
-        except DataError as exc:
-            if not skip_corrupt:
-                raise DataError(f"{exc} (or pass synth.skip_corrupt=true to skip such files)") from None
-            log.warning("skipping %s", exc)
-            skipped.append({"index": i, "file": files[i].relative_to(root).as_posix(), "error": str(exc)})
-    if not kept:
-        return [], skipped
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    x_t = to_teacher_size(x, teacher.image_size).to(teacher.device)
-    feats = teacher.features(x_t, seed=[base_seed + i for i in kept])
-    lab = label_batch(head, feats, size, logits_size, score_top)
-    return [_sample_dict(lab, k, i, base_seed + i, arrays[k], "image", files[i].relative_to(root).as_posix())
-            for k, i in enumerate(kept)], skipped
-
-
-def _sample_dict(lab: dict[str, Any], k: int, index: int, seed: int, image: np.ndarray, source: str,
-                 file: str | None) -> dict[str, Any]:
-    return {
-        "index": index, "seed": seed, "image": image, "label": lab["label"][k], "uncert": lab["uncert"][k],
-        "logits": lab["logits"][k] if lab["logits"] is not None else None, "score": round(float(lab["score"][k]), 6),
-        "source": source, "file": file,
     }

@@ -125,7 +125,7 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int, de
     val = {"miou": chosen.get("val_miou"), "pixel_accuracy": chosen.get("val_pixel_accuracy"),
            "per_class_iou": chosen.get("val_per_class_iou")} if val_ids else None
     selected = {"rule": result.selected["rule"], "step": result.selected["step"],
-                "epoch": chosen.get("epoch", (result.steps - 1) // task.per_epoch) + 1}
+                "epoch": chosen.get("epoch", result.steps // task.per_epoch)}
     test: dict[str, Any] = ev.cm.summary(names)
     if dist.is_main():
         test = write_metrics(run.path / "metrics.json", ev.cm, names, "test", len(test_ids), size, n_test=len(test_ids),

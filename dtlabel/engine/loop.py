@@ -131,6 +131,8 @@ class _Selection:
 def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device, progress: bool = True) -> TrainResult:
     """Train ``task.model`` for ``cfg.steps`` steps (resuming from ``run_dir/checkpoints`` if any)."""
     run_dir = Path(run_dir)
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
     world, rank = dist.world_size(), dist.rank()
     model = task.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -222,7 +224,8 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
         bar.close()
     if not stopped and selection.weights is not None:
         model.load_state_dict(selection.weights)
-    rule = f"best {cfg.select_metric}" if selection.weights is not None else "last step"
+    rule = (("best validation mIoU" if cfg.select_metric == "val_miou" else f"best {cfg.select_metric}")
+            if selection.weights is not None else "last step")
     selected = {"rule": rule, "step": (selection.record or {}).get("step", done) if selection.weights is not None
                 else done, "metrics": selection.record}
     return TrainResult(done, total, stopped, loss_ema, seen / max(time.time() - t_start, 1e-9), selected)
@@ -283,7 +286,7 @@ def _evaluate(task: Task, step: int, net: torch.nn.Module, model: torch.nn.Modul
         net.train()
     if result is None:
         return
-    record = {"step": step, **task.log_fields(step - 1), **result}
+    record = {"step": step, **task.log_fields(step), **result}  # for an evaluation: passes completed
     selection.update(record, model)
     if dist.is_main():
         _append(metrics, record)

@@ -10,12 +10,13 @@
 
 Heads: ``interpreter`` (DreamTeacher's multi-scale conv interpreter; uncertainty = predictive
 entropy) and ``mlp-ensemble`` (DDPM-seg's pixel MLPs; uncertainty = Jensen-Shannon divergence).
+They register themselves with ``@register_head``, as a plug-in head would.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,22 @@ import torch
 import torch.nn.functional as F
 
 from dtlabel.errors import ConfigError, ModelError, did_you_mean
-from dtlabel.heads.base import DESCRIPTOR, WEIGHTS, Head, entropy, image_score, read_descriptor, sample_features
+from dtlabel.features import FeatureSpec
+from dtlabel.heads.base import (
+    DESCRIPTOR,
+    HEADS,
+    WEIGHTS,
+    Head,
+    entropy,
+    image_score,
+    read_descriptor,
+    register_head,
+    sample_features,
+)
+
+# the built-in heads register themselves on import
 from dtlabel.heads.interpreter import Interpreter
 from dtlabel.heads.mlp import MLPEnsemble, js_divergence
-from dtlabel.teachers.base import FeatureSpec
 
 __all__ = [
     "HEADS",
@@ -35,6 +48,7 @@ __all__ = [
     "MLPEnsemble",
     "create_head",
     "entropy",
+    "head_class",
     "head_options",
     "image_score",
     "js_divergence",
@@ -45,27 +59,9 @@ __all__ = [
     "to_teacher_size",
 ]
 
-HEADS: dict[str, type[Head]] = {"interpreter": Interpreter, "mlp-ensemble": MLPEnsemble}
-
-
-def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
-    """Class decorator adding a :class:`Head` subclass to :data:`HEADS` under ``name``."""
-
-    def wrap(cls: type[Head]) -> type[Head]:
-        if name in HEADS and HEADS[name] is not cls:
-            raise ValueError(f"head {name!r} is already registered to {HEADS[name].__name__}")
-        cls.kind = name
-        HEADS[name] = cls
-        return cls
-
-    return wrap
-
-
 def head_class(name: str) -> type[Head]:
     """The class registered as ``name``; ``ConfigError`` with close matches otherwise."""
-    if name not in HEADS:
-        raise ConfigError(f"unknown head kind {name!r}{did_you_mean(name, HEADS)}; available: {', '.join(HEADS)}")
-    return HEADS[name]
+    return HEADS.get(name)
 
 
 def head_options(name: str) -> list[str]:
@@ -75,7 +71,7 @@ def head_options(name: str) -> list[str]:
 
 
 def create_head(name: str, spec: FeatureSpec, num_classes: int, **kwargs: Any) -> Head:
-    """Build head ``name`` (a key of :data:`HEADS`) for maps described by ``spec``.
+    """Build head ``name`` (a name in :data:`HEADS`) for maps described by ``spec``.
 
     Raises ``ConfigError`` for an unknown kind or option (with close matches).
     """

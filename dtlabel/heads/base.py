@@ -1,6 +1,6 @@
 """The head interface: a small trainable model that turns teacher features into class probabilities.
 
-A head is sized from a :class:`~dtlabel.teachers.FeatureSpec` (names, channels, strides of the
+A head is sized from a :class:`~dtlabel.features.FeatureSpec` (names, channels, strides of the
 teacher's maps) and a class count, and offers three things:
 
 - ``loss(features, masks) -> {"loss": ..., ...}``: its training objective on one batch;
@@ -11,14 +11,20 @@ teacher's maps) and a class count, and offers three things:
 
 Features are always the teacher's maps at their native resolution, ``{name: (B, C_l, h_l, w_l)}``
 with ``h_l = H_img / stride_l``; heads upsample them themselves (bilinear, ``align_corners=False``).
+
+A head kind is registered with ``@register_head("name")`` (built-ins and plug-ins alike), and its
+constructor arguments are recorded in ``head.kwargs`` without the head listing them (diffusers'
+``register_to_config`` idea), so ``save`` / ``load_head`` rebuild it from the registry name alone.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,14 +32,65 @@ import torch
 import torch.nn.functional as F
 
 from dtlabel.errors import ModelError
+from dtlabel.features import FeatureSpec
 from dtlabel.io import atomic_dir, write_json
-from dtlabel.teachers.base import FeatureSpec
+from dtlabel.registry import Registry
 
-__all__ = ["HEAD_FORMAT", "Head", "entropy", "image_score", "pixel_grid", "sample_features"]
+__all__ = ["HEADS", "HEAD_FORMAT", "Head", "entropy", "image_score", "pixel_grid", "register_head", "sample_features"]
 
 HEAD_FORMAT = "dtlabel-head/1"
 WEIGHTS = "head.safetensors"
 DESCRIPTOR = "head.json"
+
+#: Head kinds by name. Built-ins and plug-ins register the same way, with :func:`register_head`.
+HEADS: Registry[type[Head]] = Registry("head kind", attribute="kind")
+
+# constructor arguments a head is built from rather than configured with (not recorded)
+_BUILT_FROM = ("self", "spec", "num_classes")
+
+
+def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
+    """Class decorator adding a :class:`Head` subclass to :data:`HEADS` as kind ``name``.
+
+    Sets the class's ``kind`` to ``name``; ``ValueError`` if another class has that name.
+    """
+    return HEADS.register(name)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able copy of an option value: sequences become lists, mappings dicts (recursively)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _recording(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a head's ``__init__`` so that it first stores its bound arguments in ``self.kwargs``.
+
+    Defaults are filled in; ``spec`` and ``num_classes`` are left out (the descriptor has them). Only
+    the outermost constructor records: a subclass calling ``super().__init__`` keeps its own record.
+    """
+    sig = inspect.signature(init)
+    if any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values()):
+        raise TypeError(f"{init.__qualname__}: head options must be named arguments, not *args")
+
+    @functools.wraps(init)
+    def wrapper(self: Head, *args: Any, **kwargs: Any) -> None:
+        if "kwargs" not in self.__dict__:
+            bound = sig.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            recorded: dict[str, Any] = {}
+            for name, value in bound.arguments.items():
+                if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                    recorded.update({k: _plain(v) for k, v in value.items()})
+                elif name not in _BUILT_FROM:
+                    recorded[name] = _plain(value)
+            self.__dict__["kwargs"] = recorded  # before nn.Module.__init__ runs: bypass its __setattr__
+        init(self, *args, **kwargs)
+
+    return wrapper
 
 
 def entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -76,13 +133,17 @@ def sample_features(features: Mapping[str, torch.Tensor], names: Sequence[str], 
 
 
 class Head(torch.nn.Module, ABC):
-    """Base of every head. Subclasses set ``kind`` and implement ``loss`` and ``_predict``.
+    """Base of every head. Subclasses implement ``loss`` and ``_predict`` and register with
+    ``@register_head("kind")``; their ``__init__(spec, num_classes, **options)`` calls
+    ``super().__init__(spec, num_classes)``.
 
     Attributes: ``spec`` (the feature spec it was built for), ``num_classes``, ``kwargs`` (the
-    constructor options, saved in the descriptor so :func:`load_head` rebuilds the same module),
-    ``meta`` (descriptor fields of a loaded head: teacher hash, class names, label ids, ...).
+    constructor options, recorded automatically and saved in the descriptor so :func:`load_head`
+    rebuilds the same module), ``meta`` (descriptor fields of a loaded head: teacher hash, class
+    names, label ids, ...).
     """
 
+    #: registry name, set by :func:`register_head`
     kind: ClassVar[str] = ""
     #: optimiser defaults of this head kind (used when the config leaves lr / weight_decay null)
     default_lr: ClassVar[float] = 1e-3
@@ -93,12 +154,25 @@ class Head(torch.nn.Module, ABC):
     #: what ``predict``'s uncertainty means, for descriptors and reports
     uncertainty_kind: ClassVar[str] = ""
 
-    def __init__(self, spec: FeatureSpec, num_classes: int, **kwargs: Any) -> None:
+    kwargs: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording(cls.__dict__["__init__"])  # type: ignore[method-assign]
+
+    def __init__(self, spec: FeatureSpec, num_classes: int) -> None:
         super().__init__()
         self.spec = spec
         self.num_classes = int(num_classes)
-        self.kwargs: dict[str, Any] = dict(kwargs)
+        self.__dict__.setdefault("kwargs", {})  # a head without its own __init__ has no options
         self.meta: dict[str, Any] = {}
+
+    def record(self, **resolved: Any) -> None:
+        """Replace recorded options by their resolved values (a default that depends on other
+        arguments), so a saved head does not depend on the rule; options the recorded constructor
+        does not take are ignored."""
+        self.kwargs.update({k: _plain(v) for k, v in resolved.items() if k in self.kwargs})
 
     # ------------------------------------------------------------------ interface
     @abstractmethod

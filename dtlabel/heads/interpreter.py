@@ -1,4 +1,4 @@
-"""``interpreter``: DreamTeacher's feature interpreter (after BigDatasetGAN), PAPER.md §4.
+"""``interpreter``: DreamTeacher's feature interpreter (after BigDatasetGAN), docs/METHOD.md §4.
 
 Per teacher map a 1x1 conv to ``width`` channels; then from the coarsest map to the finest:
 bilinear upsampling to the next finer map, concatenation with it, a depthwise-separable 3x3 conv
@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dtlabel.errors import ConfigError
-from dtlabel.heads.base import Head, entropy
+from dtlabel.features import FeatureSpec
+from dtlabel.heads.base import Head, entropy, register_head
 from dtlabel.losses import ce_dice_loss
-from dtlabel.teachers.base import FeatureSpec
 
 __all__ = ["Interpreter"]
 
@@ -44,6 +44,7 @@ class _SepConv(nn.Sequential):
         )
 
 
+@register_head("interpreter")
 class Interpreter(Head):
     """Multi-scale conv head on teacher maps.
 
@@ -58,8 +59,7 @@ class Interpreter(Head):
             native size; set 2 or 4 to save time and memory at large image sizes on a CPU).
     """
 
-    kind = "interpreter"
-    default_lr = 4e-3          # PAPER.md §4: AdamW lr 4e-3, wd 0.05
+    default_lr = 4e-3          # docs/METHOD.md §4: AdamW lr 4e-3, wd 0.05
     default_weight_decay = 0.05
     uncertainty_kind = "predictive entropy (nats)"
 
@@ -70,9 +70,10 @@ class Interpreter(Head):
                               f"(got {width}, {dropout}, {max_resolution_stride})")
         if int(num_classes) < 2:
             raise ConfigError(f"a head needs at least 2 classes, got {num_classes}")
-        super().__init__(spec, num_classes, width=int(width), dropout=float(dropout), dice_weight=float(dice_weight),
-                         norm_groups=int(norm_groups), max_resolution_stride=int(max_resolution_stride))
+        super().__init__(spec, num_classes)
         width, groups = int(width), int(norm_groups)
+        self.dice_weight = float(dice_weight)
+        self.max_resolution_stride = int(max_resolution_stride)
         # coarse -> fine; a stable sort keeps the spec order among maps of equal stride
         self.order = sorted(range(len(spec)), key=lambda i: -spec.strides[i])
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in spec.channels)
@@ -83,7 +84,7 @@ class Interpreter(Head):
 
     def forward(self, features: Mapping[str, torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
         """Logits ``(B, C, H, W)`` at ``size`` (default: the finest map's resolution)."""
-        cap = int(self.kwargs["max_resolution_stride"])
+        cap = self.max_resolution_stride
         maps = []
         for i in self.order:
             name, _, stride = self.spec.names[i], self.spec.channels[i], self.spec.strides[i]
@@ -112,7 +113,7 @@ class Interpreter(Head):
              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """CE + ``dice_weight`` x Dice on logits resized to the masks' ``(H, W)``."""
         logits = self(features, tuple(masks.shape[-2:]))
-        return ce_dice_loss(logits, masks.to(logits.device), ignore_index, float(self.kwargs["dice_weight"]))
+        return ce_dice_loss(logits, masks.to(logits.device), ignore_index, self.dice_weight)
 
     def _predict(self, features: Mapping[str, torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         # one image at a time: full-resolution activations of a whole batch would not fit a small machine

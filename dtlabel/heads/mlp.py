@@ -1,4 +1,4 @@
-"""``mlp-ensemble``: the pixel-MLP ensemble of DDPM-seg / DatasetGAN (PAPER.md §4), in bounded memory.
+"""``mlp-ensemble``: the pixel-MLP ensemble of DDPM-seg / DatasetGAN (docs/METHOD.md §4), in bounded memory.
 
 ``members`` (default 10) independent MLPs classify each pixel from its feature vector: every teacher
 map bilinearly upsampled to the label size and concatenated (``D = sum of channels``). Layers
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dtlabel.errors import ConfigError
-from dtlabel.heads.base import Head, entropy, pixel_grid, sample_features
-from dtlabel.teachers.base import FeatureSpec
+from dtlabel.features import FeatureSpec
+from dtlabel.heads.base import Head, entropy, pixel_grid, register_head, sample_features
 
 __all__ = ["MLPEnsemble", "js_divergence", "sample_pixels"]
 
@@ -85,6 +85,7 @@ def _mlp(dim: int, hidden: Sequence[int], num_classes: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+@register_head("mlp-ensemble")
 class MLPEnsemble(Head):
     """An ensemble of pixel MLPs on upsampled, concatenated teacher features.
 
@@ -96,8 +97,7 @@ class MLPEnsemble(Head):
         pixels_per_image: labeled pixels drawn per image and training step (default 2048).
     """
 
-    kind = "mlp-ensemble"
-    default_lr = 1e-3          # PAPER.md §4: Adam lr 1e-3
+    default_lr = 1e-3          # docs/METHOD.md §4: Adam lr 1e-3
     default_weight_decay = 0.0
     batch_statistics = True    # BatchNorm over the batch's pixels
     uncertainty_kind = "Jensen-Shannon divergence of the members (nats)"
@@ -111,8 +111,9 @@ class MLPEnsemble(Head):
         if int(num_classes) < 2:
             raise ConfigError(f"a head needs at least 2 classes, got {num_classes}")
         hidden = [int(h) for h in hidden] if hidden else ([256, 128] if int(num_classes) >= 30 else [128, 32])
-        super().__init__(spec, num_classes, members=int(members), hidden=hidden, vote=vote,
-                         pixels_per_image=int(pixels_per_image))
+        super().__init__(spec, num_classes)
+        self.record(hidden=hidden)  # the class-count rule's choice, so a reload does not depend on it
+        self.hidden, self.vote, self.pixels_per_image = hidden, vote, int(pixels_per_image)
         self.members = nn.ModuleList(_mlp(spec.total_channels, hidden, int(num_classes)) for _ in range(int(members)))
 
     def member_logits(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -123,7 +124,7 @@ class MLPEnsemble(Head):
              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Mean over members of the cross-entropy on ``pixels_per_image`` random labeled pixels per image
         (the same pixels for every member; members differ by their initialisation, as in DDPM-seg)."""
-        coords, targets = sample_pixels(masks, int(self.kwargs["pixels_per_image"]), ignore_index, self.num_classes,
+        coords, targets = sample_pixels(masks, self.pixels_per_image, ignore_index, self.num_classes,
                                         generator)
         keep = targets.reshape(-1) != ignore_index
         if not bool(keep.any()):
@@ -140,7 +141,7 @@ class MLPEnsemble(Head):
         b = next(iter(features.values())).shape[0]
         h, w = size
         d, c, dev = self.spec.total_channels, self.num_classes, self.device
-        k, hidden = len(self.members), sum(self.kwargs["hidden"])
+        k, hidden = len(self.members), sum(self.hidden)
         per_pixel = 4 * (d + k * (2 * hidden + 3 * c) + 2 * c)  # features, member activations, outputs
         rows = max(1, _CHUNK_BYTES // (per_pixel * w * b))
         probs = torch.empty(b, c, h, w, device=dev)
@@ -151,7 +152,7 @@ class MLPEnsemble(Head):
             pix = sample_features(features, self.spec.names, coords).reshape(-1, d)
             p = self.member_logits(pix).float().softmax(-1)           # (K, B*n, C)
             js = js_divergence(p, 0)                                 # (B*n,)
-            if self.kwargs["vote"] == "majority":
+            if self.vote == "majority":
                 votes = F.one_hot(p.argmax(-1), c).float().mean(0)
             else:
                 votes = p.mean(0)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from dtlabel import seeds
 from dtlabel.errors import ConfigError, DataError, RunError
 from dtlabel.synth.shards import MANIFEST, decode_group, iter_groups, key_of
 
@@ -106,7 +107,7 @@ class SynthSet:
         if shuffle_buffer <= 0:
             yield from stream()
             return
-        rng = random.Random(seed * 1_000_003 + rank)
+        rng = random.Random(seeds.shard_order(seed, rank))
         buf: list[Sample] = []
         for s in stream():
             if len(buf) < shuffle_buffer:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import tarfile
 from pathlib import Path
@@ -28,6 +29,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from dtlabel.io import sha256_file
+
+log = logging.getLogger(__name__)
 
 SHARD_DIR = "shards"
 MANIFEST = "manifest.json"
@@ -143,3 +148,25 @@ def iter_groups(path: Path, keep: Any = None):  # noqa: ANN201
             group[ext] = f.read() if f is not None else b""
         if cur_key is not None and group:
             yield cur_key, group
+
+
+def shard_ranges(n: int, per_shard: int) -> list[tuple[int, int]]:
+    """``[(first, last)]`` inclusive index range of every shard."""
+    return [(a, min(n, a + per_shard) - 1) for a in range(0, n, per_shard)]
+
+
+def shard_complete(folder: Path, j: int, verify: bool) -> bool:
+    """A shard counts when its tar exists beside its sidecar and (``verify``) the sha256 matches."""
+    tar, side = folder / shard_name(j), folder / sidecar_name(j)
+    if not tar.is_file() or not side.is_file():
+        return False
+    try:
+        info = json.loads(side.read_text())
+    except (json.JSONDecodeError, OSError):
+        return False
+    if info.get("bytes") != tar.stat().st_size:
+        return False
+    if verify and sha256_file(tar) != info.get("sha256"):
+        log.warning("%s does not match its sidecar hash: writing it again", tar.name)
+        return False
+    return True

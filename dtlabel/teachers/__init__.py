@@ -1,5 +1,7 @@
-"""Diffusion teachers behind one interface: hooks on decoder blocks -> named multi-scale features.
+"""Teachers behind one interface (``base.Teacher``): frozen models -> named multi-scale features.
 
+The built-in families are diffusion models (``diffusion.DiffusionTeacher``: hooks on UNet decoder
+blocks); a new family is one module whose class is decorated with ``@register_teacher("name")``.
 Registry and factories (timm-style)::
 
     teacher = load_teacher("runs/fit-teacher/2024-...")          # family detected from the folder
@@ -16,88 +18,70 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the network when loading models
 
-from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from dtlabel.errors import ConfigError, ModelError, did_you_mean  # noqa: E402
-from dtlabel.teachers.base import (  # noqa: E402
-    FeatureSpec,
-    SampleOutput,
-    Teacher,
-    feature_key,
-    hash_model_folder,
-    read_json,
-    resolve_model_root,
-)
+from dtlabel.errors import ModelError  # noqa: E402
+from dtlabel.features import FeatureSpec, feature_key  # noqa: E402
+from dtlabel.teachers.base import TEACHERS, SampleOutput, Teacher, register_teacher  # noqa: E402
+from dtlabel.teachers.diffusion import DiffusionTeacher  # noqa: E402
+from dtlabel.teachers.loading import hash_model_folder, read_model_json, resolve_model_root  # noqa: E402
+
+# the built-in families register themselves on import, as a plug-in would
 from dtlabel.teachers.ddpm import DDPMTeacher  # noqa: E402
 from dtlabel.teachers.stable_diffusion import StableDiffusionTeacher  # noqa: E402
 
 __all__ = [
     "TEACHERS",
+    "TEACHER_OPTIONS",
     "DDPMTeacher",
+    "DiffusionTeacher",
     "FeatureSpec",
     "SampleOutput",
     "StableDiffusionTeacher",
     "Teacher",
     "create_teacher",
     "detect_family",
+    "detection_order",
     "feature_key",
     "hash_model_folder",
     "load_teacher",
     "register_teacher",
+    "resolve_model_root",
     "teacher_from_config",
 ]
 
-# Detection order matters: the most specific family first.
-TEACHERS: dict[str, type[Teacher]] = {
-    "stable-diffusion": StableDiffusionTeacher,
-    "ddpm": DDPMTeacher,
-}
-
-
-def register_teacher(name: str) -> Callable[[type[Teacher]], type[Teacher]]:
-    """Class decorator adding a :class:`Teacher` subclass to :data:`TEACHERS` under ``name``."""
-
-    def wrap(cls: type[Teacher]) -> type[Teacher]:
-        if name in TEACHERS and TEACHERS[name] is not cls:
-            raise ValueError(f"teacher family {name!r} is already registered to {TEACHERS[name].__name__}")
-        TEACHERS[name] = cls
-        return cls
-
-    return wrap
-
-
-def _family_class(name: str) -> type[Teacher]:
-    if name not in TEACHERS:
-        raise ConfigError(
-            f"unknown teacher family {name!r}; choose one of {sorted(TEACHERS)} or auto{did_you_mean(name, TEACHERS)}"
-        )
-    return TEACHERS[name]
-
 
 def create_teacher(name: str, path: str | Path, **kwargs: Any) -> Teacher:
-    """Build the teacher of family ``name`` (a key of :data:`TEACHERS`) from the folder ``path``."""
-    return _family_class(name)(path, **kwargs)
+    """Build the teacher of family ``name`` (a name in :data:`TEACHERS`) from the folder ``path``."""
+    return TEACHERS.get(name)(path, **kwargs)
+
+
+def detection_order() -> list[str]:
+    """Family names in the order :func:`detect_family` asks them: higher ``detect_priority`` first,
+    then registration order (so ``stable-diffusion`` is asked before ``ddpm``)."""
+    ranked = sorted(enumerate(TEACHERS.items()), key=lambda e: (-e[1][1].detect_priority, e[0]))
+    return [name for _, (name, _) in ranked]
 
 
 def detect_family(path: str | Path) -> str:
-    """Family name of the diffusers model in ``path`` (a model folder or a fit-teacher run folder).
+    """Family name of the model in ``path`` (a model folder or a fit-teacher run folder).
 
     Raises ``ModelError`` if the folder is missing or holds no recognisable model.
     """
     root = resolve_model_root(path)
-    for name, cls in TEACHERS.items():
-        if cls.matches(root):
+    order = detection_order()
+    for name in order:
+        if TEACHERS[name].matches(root):
             return name
     what = ""
     if (root / "model_index.json").is_file():
-        index = read_json(root / "model_index.json")
+        index = read_model_json(root / "model_index.json")
         what = f" (model_index.json describes {index.get('_class_name', 'an unknown pipeline')!r})"
+    hints = [TEACHERS[name].folder_hint or f"a {name} model" for name in order]
     raise ModelError(
-        f"no diffusers teacher model in {root}{what}: looked for model_index.json with unet/ + scheduler/ "
-        "(DDPMPipeline) or unet/ + vae/ + text_encoder/ + tokenizer/ (Stable Diffusion), config.json with "
-        "_class_name UNet2DModel (a bare UNet) and a teacher/ subfolder (a fit-teacher run folder)"
+        f"no diffusers teacher model in {root}{what}: looked for {', '.join(hints)} and a teacher/ subfolder "
+        "(a fit-teacher run folder)"
     )
 
 
@@ -109,21 +93,23 @@ def load_teacher(path: str | Path, family: str = "auto", **kwargs: Any) -> Teach
     (``blocks``, ``timesteps``, ``concat_timesteps``, ``noise_draws``, ``amp``, ``sampler``, ...).
     """
     if family != "auto":
-        cls = _family_class(family)
+        cls = TEACHERS.get(family)
         resolve_model_root(path)  # the "folder not found" error before anything else
         return cls(path, **kwargs)
     return create_teacher(detect_family(path), path, **kwargs)
 
 
-TEACHER_OPTIONS = ("blocks", "timesteps", "concat_timesteps", "noise_draws", "batch_timesteps", "early_stop",
-                   "sampler", "sample_steps", "eta", "sample_features")
-_FAMILY_OPTIONS = {"ddpm": ("allow_any_size",), "stable-diffusion": ("prompt", "guidance_scale")}
+#: options of a ``teacher`` config section that every diffusion family takes (``amp`` comes from the
+#: command); each family adds its own (``Teacher.options()``: ``allow_any_size``, ``prompt``, ...)
+TEACHER_OPTIONS = tuple(o for o in DiffusionTeacher.options() if o != "amp")
 
 
 def teacher_from_config(path: str | Path, cfg: Any, amp: str = "auto") -> Teacher:
     """Load the teacher in ``path`` with the options of a ``teacher`` config section.
 
     ``path`` is a fit-teacher run folder or any local diffusers model folder (``--teacher DIR``).
+    Keys the family does not take (another family's options) are ignored; ``amp`` comes from the
+    command, not the section.
     """
     from omegaconf import OmegaConf
 
@@ -131,8 +117,10 @@ def teacher_from_config(path: str | Path, cfg: Any, amp: str = "auto") -> Teache
     family = str(opts.get("family") or "auto")
     if family == "auto":
         family = detect_family(path)
-    kwargs = {k: opts[k] for k in TEACHER_OPTIONS if k in opts}
-    kwargs.update({k: opts[k] for k in _FAMILY_OPTIONS.get(family, ()) if k in opts})
+    options = TEACHERS.get(family).options()
+    kwargs = {k: opts[k] for k in options if k in opts and k != "amp"}
     if kwargs.get("timesteps") is not None:
         kwargs["timesteps"] = tuple(int(t) for t in kwargs["timesteps"])
-    return create_teacher(family, path, amp=amp, **kwargs)
+    if "amp" in options:  # the command's precision, for families that have one
+        kwargs["amp"] = amp
+    return create_teacher(family, path, **kwargs)

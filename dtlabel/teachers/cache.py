@@ -1,6 +1,6 @@
 """A disk cache of teacher features: fp16 ``.npy`` files, memory-mapped on read.
 
-Peers hold all pixel features of the labeled set in RAM (PAPER.md: ~210 GB for 50 images at
+Peers hold all pixel features of the labeled set in RAM (docs/METHOD.md §8: ~210 GB for 50 images at
 256 px). dtlabel keeps native-resolution maps per image on disk in float16 and maps them back
 lazily, so a head trains on many images with a small resident set.
 
@@ -46,17 +46,25 @@ def image_hash(image: torch.Tensor | np.ndarray) -> str:
     return h.hexdigest()[:32]
 
 
+def _options(timesteps: Sequence[int] | None, noise_draws: int | None) -> dict[str, object]:
+    """The reading options that were given (families without options get none)."""
+    given = {"timesteps": timesteps, "noise_draws": noise_draws}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def feature_settings(teacher: Teacher, timesteps: Sequence[int] | None = None, noise_draws: int | None = None) -> str:
     """Canonical JSON of everything besides weights, image and seed that shapes the features.
 
     Includes the family, the feature names of ``spec_for(timesteps)`` (blocks + timesteps), the
-    number of noise draws and the feature-relevant options (e.g. the SD prompt).
+    number of noise draws (1 for families without) and the feature-relevant options (e.g. the SD
+    prompt). ``timesteps`` and ``noise_draws`` are diffusion reading options; leave them None for
+    other families.
     """
-    spec = teacher.spec_for(timesteps)
+    spec = teacher.spec_for(**_options(timesteps, noise_draws))
     settings = {
         "family": teacher.family,
         "names": list(spec.names),
-        "noise_draws": int(noise_draws if noise_draws is not None else teacher.noise_draws),
+        "noise_draws": int(noise_draws if noise_draws is not None else getattr(teacher, "noise_draws", 1)),
         "options": {k: teacher.kwargs.get(k) for k in _FEATURE_OPTIONS if k in teacher.kwargs},
     }
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
@@ -207,20 +215,19 @@ class FeatureCache:
         n = images.shape[0]
         if len(seeds) != n:
             raise ValueError(f"got {len(seeds)} seeds for {n} images")
+        opts = _options(timesteps, noise_draws)
         hashes = list(image_hashes) if image_hashes is not None else [image_hash(img) for img in images]
         keys = [self.key(teacher, h, s, timesteps, noise_draws, draw) for h, s in zip(hashes, seeds)]
         got: list[dict[str, torch.Tensor] | None] = [self.get(k) for k in keys]
         miss = [i for i, g in enumerate(got) if g is None]
         if miss:
-            fresh = teacher.features(
-                images[miss], timesteps=timesteps, seed=[int(seeds[i]) for i in miss], noise_draws=noise_draws
-            )
+            fresh = teacher.features(images[miss], seed=[int(seeds[i]) for i in miss], **opts)
             for j, i in enumerate(miss):
                 one = {k: v[j] for k, v in fresh.items()}
                 self.put(keys[i], one)
                 # return what a later hit would return, so results do not depend on the cache state
                 got[i] = {k: v.half().float() for k, v in one.items()}
-        names = list(teacher.spec_for(timesteps).names)
+        names = list(teacher.spec_for(**opts).names)
         return {k: torch.stack([g[k].to(teacher.device) for g in got]) for k in names}  # type: ignore[index]
 
     def clear(self) -> None:

@@ -23,7 +23,9 @@ from typing import Any
 import torch
 
 from dtlabel.errors import ConfigError, ModelError
-from dtlabel.teachers.base import Teacher, load_component, read_json, resolve_model_root
+from dtlabel.teachers.base import register_teacher
+from dtlabel.teachers.diffusion import DiffusionTeacher
+from dtlabel.teachers.loading import load_component, read_model_json, resolve_model_root
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +38,19 @@ def _pair(size: Any) -> tuple[int, int]:
     return int(size), int(size)
 
 
-class DDPMTeacher(Teacher):
+@register_teacher("ddpm")
+class DDPMTeacher(DiffusionTeacher):
     """Teacher on a pixel-space ``UNet2DModel`` (images ``(B, 3, H, W)`` in [-1, 1]).
 
-    Keyword options: those of :class:`~dtlabel.teachers.base.Teacher` plus ``allow_any_size``
-    (default False, see the module docstring). Default blocks: every ``up_blocks.*``; default
-    timesteps ``(50,)``.
+    Keyword options: those of :class:`~dtlabel.teachers.diffusion.DiffusionTeacher` plus
+    ``allow_any_size`` (default False, see the module docstring). Default blocks: every
+    ``up_blocks.*``; default timesteps ``(50,)``.
     """
 
-    family = "ddpm"
+    folder_hint = (
+        "model_index.json with unet/ + scheduler/ (DDPMPipeline) or config.json with _class_name "
+        "UNet2DModel (a bare UNet)"
+    )
 
     def __init__(self, path: str | Path, *, allow_any_size: bool = False, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
@@ -54,7 +60,7 @@ class DDPMTeacher(Teacher):
         self.kwargs["allow_any_size"] = self.allow_any_size
         root = self.root
         if (root / "model_index.json").is_file():
-            index = read_json(root / "model_index.json")
+            index = read_model_json(root / "model_index.json")
             unet_entry = index.get("unet")
             unet_cls = unet_entry[1] if isinstance(unet_entry, list) and len(unet_entry) == 2 else None
             if unet_cls != "UNet2DModel":
@@ -63,7 +69,7 @@ class DDPMTeacher(Teacher):
                     "folders use family stable-diffusion (or family=auto)"
                 )
             unet_dir, sched_file = "unet", root / "scheduler" / "scheduler_config.json"
-        elif (root / "config.json").is_file() and read_json(root / "config.json").get("_class_name") == "UNet2DModel":
+        elif (cfg := root / "config.json").is_file() and read_model_json(cfg).get("_class_name") == "UNet2DModel":
             unet_dir, sched_file = None, root / "scheduler_config.json"
         else:
             raise ModelError(
@@ -73,7 +79,7 @@ class DDPMTeacher(Teacher):
             )
         self.unet = load_component(UNet2DModel, root, unet_dir).float()
         if sched_file.is_file():
-            self.scheduler_config = dict(read_json(sched_file))
+            self.scheduler_config = dict(read_model_json(sched_file))
         else:
             logger.info("no scheduler config in %s; using the default DDPMScheduler (1000 linear steps)", root)
             self.scheduler_config = dict(DDPMScheduler().config)
@@ -92,10 +98,10 @@ class DDPMTeacher(Teacher):
         """True for a DDPMPipeline-style folder or a bare ``UNet2DModel`` folder."""
         root = resolve_model_root(root)
         if (root / "model_index.json").is_file():
-            entry = read_json(root / "model_index.json").get("unet")
+            entry = read_model_json(root / "model_index.json").get("unet")
             return isinstance(entry, list) and len(entry) == 2 and entry[1] == "UNet2DModel"
         cfg = root / "config.json"
-        return cfg.is_file() and read_json(cfg).get("_class_name") == "UNet2DModel"
+        return cfg.is_file() and read_model_json(cfg).get("_class_name") == "UNet2DModel"
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from dtlabel.data import data_size
 from dtlabel.errors import ConfigError, ModelError
 from dtlabel.io import read_json
 
+
 def _check_size(size: Sequence[int], n_down: int, unet: str) -> None:
     for s in size:
         if int(s) % (2 ** max(0, n_down - 1)):

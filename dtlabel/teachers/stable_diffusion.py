@@ -1,4 +1,4 @@
-"""Stable Diffusion teacher: features of the latent UNet, read through the VAE (PAPER.md §2).
+"""Stable Diffusion teacher: features of the latent UNet, read through the VAE (docs/METHOD.md §2).
 
 Loads a local SD 1.x / 2.x folder as written by ``StableDiffusionPipeline.save_pretrained``:
 ``model_index.json``, ``unet/`` (``UNet2DConditionModel``), ``vae/`` (``AutoencoderKL``),
@@ -21,7 +21,9 @@ from typing import Any
 import torch
 
 from dtlabel.errors import ConfigError, ModelError
-from dtlabel.teachers.base import Teacher, load_component, read_json, resolve_model_root
+from dtlabel.teachers.base import register_teacher
+from dtlabel.teachers.diffusion import DiffusionTeacher
+from dtlabel.teachers.loading import load_component, read_model_json, resolve_model_root
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +32,11 @@ __all__ = ["StableDiffusionTeacher"]
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-class StableDiffusionTeacher(Teacher):
+@register_teacher("stable-diffusion")
+class StableDiffusionTeacher(DiffusionTeacher):
     """Teacher on a Stable Diffusion folder (images ``(B, 3, H, W)`` in [-1, 1]).
 
-    Keyword options: those of :class:`~dtlabel.teachers.base.Teacher` plus
+    Keyword options: those of :class:`~dtlabel.teachers.diffusion.DiffusionTeacher` plus
 
     - ``prompt``: text the UNet is conditioned on, for features and sampling (default ``""``);
     - ``guidance_scale``: classifier-free guidance of :meth:`sample` (default 1.0 = no guidance;
@@ -43,7 +46,9 @@ class StableDiffusionTeacher(Teacher):
     64 for SD 1.x/2.x); :attr:`image_size` (the size sampling uses) is ``unet.sample_size * 8``.
     """
 
-    family = "stable-diffusion"
+    # asked before ddpm: a Stable Diffusion folder is the more specific layout
+    detect_priority = 10
+    folder_hint = "model_index.json with unet/ + vae/ + text_encoder/ + tokenizer/ (Stable Diffusion)"
 
     def __init__(self, path: str | Path, *, prompt: str = "", guidance_scale: float = 1.0, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
@@ -66,7 +71,7 @@ class StableDiffusionTeacher(Teacher):
         self.vae = load_component(AutoencoderKL, root, "vae").float()
         self.text_encoder = load_component(CLIPTextModel, root, "text_encoder").float()
         self.tokenizer = load_component(CLIPTokenizer, root, "tokenizer")
-        self.scheduler_config = dict(read_json(root / "scheduler" / "scheduler_config.json"))
+        self.scheduler_config = dict(read_model_json(root / "scheduler" / "scheduler_config.json"))
         self._embeds: dict[tuple[str, str], torch.Tensor] = {}
         self._finish_init()
         logger.info(
@@ -82,7 +87,7 @@ class StableDiffusionTeacher(Teacher):
         root = resolve_model_root(root)
         if not (root / "model_index.json").is_file():
             return False
-        index = read_json(root / "model_index.json")
+        index = read_model_json(root / "model_index.json")
         return all(c in index for c in _COMPONENTS) and all((root / c).is_dir() for c in _COMPONENTS)
 
     # ------------------------------------------------------------------ geometry

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dtlabel.teachers.base import quiet_progress_bars
+from dtlabel.teachers.loading import quiet_progress_bars
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,98 @@
+"""Pseudo-labels of image batches: a head's predictions on teacher features, in the shard format.
+
+Two sources (docs/METHOD.md §5): images the teacher samples (``sampled_batch``: sample ``i`` from
+seed ``seeds.synth_sample(base_seed, i)``, features read with the same seed) and real images of a
+folder (``image_batch``: resized to the synth size, encoded with the same per-index noise seed).
+Each sample is a dict ``index, seed, image (H, W, 3) uint8, label (H, W) uint8, uncert (H, W) uint8,
+logits (C, h, w) fp16 log-probabilities or None, score, source, file`` that ``ShardWriter`` stores.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dtlabel import seeds
+from dtlabel.data.folder import read_image
+from dtlabel.data.transforms import to_uint8
+from dtlabel.errors import DataError
+from dtlabel.heads import Head, image_score, to_teacher_size
+from dtlabel.synth.shards import LOGIT_FLOOR, uncertainty_to_uint8
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def label_batch(head: Head, feats: dict[str, torch.Tensor], size: tuple[int, int], logits_size: tuple[int, int] | None,
+                score_top: float) -> dict[str, Any]:
+    """Head outputs of one batch as numpy: label, uint8 uncertainty, logits, scores."""
+    probs, unc = head.predict(feats, size)
+    c = probs.shape[1]
+    u_norm = (unc.float() / math.log(max(2, c))).clamp(0, 1)
+    u8 = uncertainty_to_uint8(u_norm.cpu().numpy())
+    out: dict[str, Any] = {
+        "label": probs.argmax(1).to(torch.uint8).cpu().numpy(),
+        "uncert": u8,
+        # from the stored uint8 map, so the score is reproducible from the shard alone, bit for bit
+        "score": image_score(torch.from_numpy(u8).double() / 255.0, top=score_top).numpy(),
+        "logits": None,
+    }
+    if logits_size is not None:
+        small = probs if tuple(probs.shape[-2:]) == logits_size else F.interpolate(probs.float(), size=logits_size, mode="area")
+        out["logits"] = small.clamp_min(math.exp(LOGIT_FLOOR)).log().half().cpu().numpy()
+    return out
+
+
+def _load_resized(path: Path, size: tuple[int, int]) -> np.ndarray:
+    arr = read_image(path)
+    if arr.shape[:2] != tuple(size):
+        arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BICUBIC), dtype=np.uint8)
+    return arr
+
+
+def sampled_batch(teacher: Any, head: Head, idx: list[int], base_seed: int, steps: int, size: tuple[int, int],
+                   logits_size: tuple[int, int] | None, score_top: float) -> list[dict[str, Any]]:
+    out = teacher.sample(len(idx), seed=seeds.synth_sample(base_seed, idx[0]), steps=steps, batch_size=len(idx), return_features=True,
+                         output_device=None)
+    lab = label_batch(head, out.features, size, logits_size, score_top)
+    images = to_uint8(out.images)
+    return [_sample_dict(lab, k, i, seeds.synth_sample(base_seed, i), images[k], "sample", None) for k, i in enumerate(idx)]
+
+
+def image_batch(teacher: Any, head: Head, files: list[Path], root: Path, idx: list[int], base_seed: int,
+                 size: tuple[int, int], logits_size: tuple[int, int] | None, score_top: float,
+                 skip_corrupt: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    arrays, kept, skipped = [], [], []
+    for i in idx:
+        try:
+            arrays.append(_load_resized(files[i], size))
+            kept.append(i)
+        except DataError as exc:
+            if not skip_corrupt:
+                raise DataError(f"{exc} (or pass synth.skip_corrupt=true to skip such files)") from None
+            log.warning("skipping %s", exc)
+            skipped.append({"index": i, "file": files[i].relative_to(root).as_posix(), "error": str(exc)})
+    if not kept:
+        return [], skipped
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    x_t = to_teacher_size(x, teacher.image_size).to(teacher.device)
+    feats = teacher.features(x_t, seed=[seeds.synth_sample(base_seed, i) for i in kept])
+    lab = label_batch(head, feats, size, logits_size, score_top)
+    return [_sample_dict(lab, k, i, seeds.synth_sample(base_seed, i), arrays[k], "image", files[i].relative_to(root).as_posix())
+            for k, i in enumerate(kept)], skipped
+
+
+def _sample_dict(lab: dict[str, Any], k: int, index: int, seed: int, image: np.ndarray, source: str,
+                 file: str | None) -> dict[str, Any]:
+    return {
+        "index": index, "seed": seed, "image": image, "label": lab["label"][k], "uncert": lab["uncert"][k],
+        "logits": lab["logits"][k] if lab["logits"] is not None else None, "score": round(float(lab["score"][k]), 6),
+        "source": source, "file": file,
+    }

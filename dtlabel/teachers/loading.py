@@ -1,0 +1,156 @@
+"""Model folders: where the model is, how its components load (offline, safetensors first), its hash.
+
+Nothing here knows a model family: the families (``ddpm.py``, ``stable_diffusion.py``) say which
+components a folder holds, these helpers load them and turn every loading failure into one
+``ModelError`` line that names the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from dtlabel.errors import ModelError
+from dtlabel.io import read_json
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "has_safetensors",
+    "hash_model_folder",
+    "load_component",
+    "make_scheduler",
+    "parameter_names",
+    "quiet_progress_bars",
+    "read_model_json",
+    "resolve_model_root",
+]
+
+# Files that define a model folder; their bytes make the teacher hash.
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+
+
+def resolve_model_root(path: str | Path) -> Path:
+    """Return the folder that holds the model for ``path``.
+
+    A fit-teacher run folder keeps its model in ``teacher/``; any other folder is returned as is.
+    Raises ``ModelError`` if ``path`` does not exist.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelError(
+            f"teacher folder not found: {path}; pass --teacher with a fit-teacher run folder or a local "
+            "diffusers model folder"
+        )
+    sub = path / "teacher"
+    if sub.is_dir() and ((sub / "model_index.json").is_file() or (sub / "config.json").is_file()):
+        return sub
+    return path
+
+
+def read_model_json(path: Path) -> dict[str, Any]:
+    """A JSON object of a model folder; ``ModelError`` naming the file (and the fix) otherwise."""
+    return read_json(path, ModelError, fix="re-save the model with save_pretrained")
+
+
+def has_safetensors(folder: Path) -> bool:
+    """True if ``folder`` holds at least one ``*.safetensors`` weights file."""
+    return folder.is_dir() and any(folder.glob("*.safetensors"))
+
+
+def load_component(cls: Any, root: Path, subfolder: str | None = None) -> Any:
+    """``cls.from_pretrained`` from a local folder, offline, preferring safetensors.
+
+    Weights in safetensors are required to be used when present (``use_safetensors=True``); a folder
+    with only ``.bin`` files falls back to the libraries' ``weights_only`` loading. Loading errors
+    become one-line ``ModelError`` s that name the folder.
+    """
+    folder = root / subfolder if subfolder else root
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    if "Tokenizer" not in getattr(cls, "__name__", ""):  # tokenizers have no weights
+        if has_safetensors(folder):
+            kwargs["use_safetensors"] = True
+            weights = [p.name for p in folder.glob("*.safetensors")]
+            if all(".fp16." in n for n in weights):  # a Hub folder with only the fp16 variant
+                kwargs["variant"] = "fp16"
+        else:
+            logger.warning("no safetensors weights in %s; loading .bin weights with weights_only=True", folder)
+    if cls.__module__.startswith("diffusers") and importlib.util.find_spec("accelerate") is None:
+        kwargs["low_cpu_mem_usage"] = False  # the default needs accelerate and warns without it
+    try:
+        with quiet_progress_bars():
+            return cls.from_pretrained(str(root), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"cannot load {cls.__name__} from {folder}: {first}; check that the folder was written by "
+            "save_pretrained and is complete"
+        ) from e
+
+
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide the diffusers / transformers loading and saving progress bars (library code prints nothing)."""
+    toggles = []
+    for mod in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            lib = importlib.import_module(mod)
+        except ImportError:
+            continue
+        if lib.is_progress_bar_enabled():
+            lib.disable_progress_bar()
+            toggles.append(lib)
+    try:
+        yield
+    finally:
+        for lib in toggles:
+            lib.enable_progress_bar()
+
+
+def parameter_names(fn: Any) -> set[str]:
+    """Names of the parameters of the callable ``fn`` (empty if it has no inspectable signature)."""
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def hash_model_folder(root: str | Path, length: int = 16) -> str:
+    """Short sha256 of the weights and configs under ``root`` (paths + bytes, sorted).
+
+    Covers ``*.safetensors``, ``*.bin``, ``*.json``, ``*.txt`` and ``*.model`` files, so two folders
+    with the same model get the same hash wherever they are, and any change to a weight or a config
+    changes it. Hidden files and folders are skipped.
+    """
+    root = Path(root)
+    digest = hashlib.sha256()
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix in _HASHED_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    for p in files:
+        digest.update(p.relative_to(root).as_posix().encode())
+        digest.update(b"\0")
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()[:length]
+
+
+def make_scheduler(cls: Any, config: Mapping[str, Any], **overrides: Any) -> Any:
+    """``cls.from_config(config)`` with the ``overrides`` that ``cls`` accepts (others dropped)."""
+    accepted = parameter_names(cls.__init__)
+    return cls.from_config(dict(config), **{k: v for k, v in overrides.items() if k in accepted})
