@@ -1,14 +1,19 @@
 """Device selection and mixed precision: CUDA when present (AMP there), CPU otherwise.
 
 Mixed precision is the ``amp`` key: on CUDA ``auto`` is bf16 where supported, else fp16; on a CPU
-``auto`` and ``off`` run float32 and ``bf16`` switches ``torch.autocast("cpu", torch.bfloat16)`` on
-(about half a training step on CPUs with avx512_bf16 / AMX, docs/RESULTS.md). fp16 is CUDA only.
+``auto`` and ``off`` run float32 and ``bf16`` switches ``torch.autocast("cpu", torch.bfloat16)`` on.
+That pays only on CPUs with bfloat16 instructions (avx512_bf16 / amx_bf16: about half a training
+step where measured); without them the kernels are emulated and a step is 16-42x slower
+(docs/RESULTS.md), and a warning says so. fp16 is CUDA only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -34,6 +39,19 @@ def select_device(name: str | None = "auto") -> torch.device:
     raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
 
 
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """True when the CPU advertises bfloat16 instructions (Linux ``/proc/cpuinfo`` flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True  # cannot tell: do not warn
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 AMP_MODES = ("auto", "bf16", "fp16", "off", "none", "fp32", "false")
 
 
@@ -45,7 +63,11 @@ def amp_dtype(device: torch.device, mode: str | None = "auto") -> torch.dtype | 
     if mode in ("off", "none", "fp32", "false"):
         return None
     if device.type == "cpu":
-        return torch.bfloat16 if mode == "bf16" else None  # fp16 autocast on a CPU is slower than fp32
+        if mode != "bf16":
+            return None  # fp32; fp16 autocast on a CPU is slower than fp32
+        if not cpu_has_bf16():
+            _warn_slow_bf16()
+        return torch.bfloat16
     if device.type != "cuda":
         return None
     if mode == "fp16":
@@ -62,3 +84,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     else:
         with torch.autocast(device_type=device.type, dtype=dtype):
             yield
+
+
+@functools.cache
+def _warn_slow_bf16() -> None:
+    log.warning("amp=bf16 on a CPU without avx512_bf16 / amx_bf16: bfloat16 kernels are emulated and training "
+                "is many times slower than float32 (docs/RESULTS.md); use amp=off on this machine")

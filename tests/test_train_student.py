@@ -75,6 +75,18 @@ def test_plain_smp_loads_and_reproduces_test_miou(scratch: Path) -> None:
     assert ev.cm.summary()["miou"] == json.loads((scratch / "metrics.json").read_text())["miou"]
 
 
+def test_smp_from_pretrained_loads_the_run_student(scratch: Path) -> None:
+    import segmentation_models_pytorch as smp
+
+    from dtlabel.students import load_student
+
+    ours, _ = load_student(scratch)
+    theirs = smp.from_pretrained(str(scratch / "student")).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(theirs(x), ours(x))
+
+
 def _students_equal(a: Path, b: Path) -> bool:
     wa, wb = (load_file(str(p / "student" / "student.safetensors")) for p in (a, b))
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

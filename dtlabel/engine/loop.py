@@ -251,7 +251,8 @@ def _resume(task: Task, cfg: LoopConfig, store: CheckpointStore, opt: Any, sched
                        f"config now gives {cfg.steps}; resume with the same settings")
     selection.record = state.get("best")
     selection.weights = tensors.get("best")
-    task.load_checkpoint(tensors, state.get("task") or {})
+    # checkpoints written before the engine (fit-teacher runs) keep the task's state at the top level
+    task.load_checkpoint(tensors, state["task"] if "task" in state else state)
     step = int(state["step"])
     log.info("%s: resumed from step %d of %d (%s)", task.name, step, cfg.steps, store.folder)
     return step
