@@ -13,8 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from dtlabel import dist
-from dtlabel.data import build_data
-from dtlabel.data.folder import ConcatImageSource, SubsetImageSource
+from dtlabel.data import build_data, label_free_pool
 from dtlabel.data.transforms import ImageDataset, build_transform
 from dtlabel.device import select_device
 from dtlabel.errors import DataError
@@ -30,14 +29,8 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     bundle = build_data(cfg.data)
     fit = cfg.fit
     size = teacher_size(fit, cfg.data)
-    source = bundle.unlabeled
-    if fit.include_labeled and bundle.labeled is not None and bundle.splits.get("train"):
-        have = set(source.ids) if source is not None else set()
-        extra = [i for i in bundle.splits["train"] if f"labeled/{i}" not in have]
-        if extra:
-            lab = SubsetImageSource(bundle.labeled, extra, prefix="labeled/")
-            source = lab if source is None else ConcatImageSource([source, lab])
-    if source is None or len(source) == 0:
+    source = label_free_pool(bundle, bool(fit.include_labeled))
+    if source is None:
         raise DataError(f"data set {bundle.name} has no images to train a teacher on; pass --images DIR")
     images = ImageDataset(source, None, build_transform(size, train=False))
     log.info("training on %d images at %dx%d (HxW)", len(images), *size)

@@ -26,17 +26,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from dtlabel import dist
 from dtlabel.data.folder import list_images
 from dtlabel.device import select_device
 from dtlabel.errors import ConfigError, DataError, ModelError, RunError
-from dtlabel.heads import Head, load_head
+from dtlabel.heads import load_head
 from dtlabel.heads.base import DESCRIPTOR as HEAD_DESCRIPTOR
 from dtlabel.heads.base import WEIGHTS as HEAD_WEIGHTS
 from dtlabel.io import read_json, sha256_bytes, sha256_file, write_json
+from dtlabel.heads.reading import teacher_for_head
 from dtlabel.labeling import image_batch, sampled_batch
 from dtlabel.runs import Run
 from dtlabel.synth.shards import (
@@ -47,11 +48,10 @@ from dtlabel.synth.shards import (
     shard_ranges,
 )
 from dtlabel.synth.writer import ShardWriter
-from dtlabel.teachers import Teacher, resolve_model_root, teacher_from_config
+from dtlabel.teachers import resolve_model_root
 
 log = logging.getLogger(__name__)
 
-_FEATURE_KEYS = ("blocks", "timesteps", "concat_timesteps", "noise_draws")
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -80,17 +80,6 @@ def head_hash(path: str | Path) -> str:
     """Short hash of a head folder's descriptor and weights."""
     folder = head_folder(path)
     return sha256_bytes((sha256_file(folder / HEAD_DESCRIPTOR) + sha256_file(folder / HEAD_WEIGHTS)).encode())[:16]
-
-
-def _load_teacher(cfg: DictConfig, head: Head) -> Teacher:
-    """The teacher with the feature options the head was trained on (blocks, timesteps, ...)."""
-    opts = OmegaConf.to_container(cfg.teacher, resolve=True)
-    trained = (head.meta.get("teacher") or {}).get("kwargs") or {}
-    for key in _FEATURE_KEYS:
-        if key in trained and trained[key] is not None and opts.get(key) != trained[key]:  # type: ignore[union-attr]
-            log.info("teacher.%s=%s from the head's descriptor (config: %s)", key, trained[key], opts.get(key))  # type: ignore[union-attr]
-            opts[key] = trained[key]  # type: ignore[index]
-    return teacher_from_config(str(cfg.inputs.teacher), opts, amp=str(cfg.amp))
 
 
 def _image_list(root: str) -> tuple[Path, list[Path]]:
@@ -167,7 +156,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     device = dist.init_from_env(select_device(cfg.device))
     rank, world = dist.rank(), dist.world_size()
     head = load_head(str(cfg.inputs.head), device)
-    teacher = _load_teacher(cfg, head).to(device)
+    teacher = teacher_for_head(str(cfg.inputs.teacher), cfg.teacher, head, str(cfg.amp)).to(device)
     t_hash, h_hash = teacher.teacher_hash(), head_hash(str(cfg.inputs.head))
     trained_on = head.meta.get("teacher_hash")
     if trained_on and trained_on != t_hash:

@@ -133,3 +133,19 @@ def data_size(cfg: DictConfig) -> tuple[int, int]:
     if not size or len(size) != 2 or any(int(s) < 8 for s in size):  # type: ignore[arg-type]
         raise ConfigError(f"data.size must be [H, W] with both >= 8, got {size}")
     return int(size[0]), int(size[1])  # type: ignore[index]
+
+
+def label_free_pool(bundle: DataBundle, include_labeled: bool = True) -> ImageSource | None:
+    """The images a label-free stage trains on (fit-teacher, pretrain): the unlabeled pool plus, with
+    ``include_labeled``, the images (never the masks) of the labeled training pool, ids prefixed
+    ``labeled/``; never the validation or test images. None if there is no image at all."""
+    from dtlabel.data.folder import ConcatImageSource, SubsetImageSource
+
+    source = bundle.unlabeled
+    if include_labeled and bundle.labeled is not None and bundle.splits.get("train"):
+        have = set(source.ids) if source is not None else set()
+        extra = [i for i in bundle.splits["train"] if f"labeled/{i}" not in have]
+        if extra:
+            lab = SubsetImageSource(bundle.labeled, extra, prefix="labeled/")
+            source = lab if source is None else ConcatImageSource([source, lab])
+    return source if source is not None and len(source) else None

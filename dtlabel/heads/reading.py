@@ -8,6 +8,7 @@ scores, with the evaluation noise stream of train-head (so every command scores 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,8 @@ import torch
 
 from dtlabel import seeds
 from dtlabel.heads import to_teacher_size
+
+log = logging.getLogger(__name__)
 
 
 class TeacherFeatures:
@@ -56,3 +59,23 @@ def head_predictor(head: Any, feats: TeacherFeatures, seed: int, size: Sequence[
         return probs.argmax(1), unc
 
     return predict
+
+
+FEATURE_KEYS = ("blocks", "timesteps", "concat_timesteps", "noise_draws")
+
+
+def teacher_for_head(path: str, teacher_cfg: Any, head: Any, amp: str = "auto") -> Any:
+    """The teacher in ``path`` with the feature options ``head`` was trained on (blocks, timesteps,
+    ...; they override the ``teacher`` config section, each override logged), so a head reads the
+    maps it was sized for."""
+    from omegaconf import OmegaConf
+
+    from dtlabel.teachers import teacher_from_config
+
+    opts = OmegaConf.to_container(teacher_cfg, resolve=True) if not isinstance(teacher_cfg, dict) else dict(teacher_cfg)
+    trained = (head.meta.get("teacher") or {}).get("kwargs") or {}
+    for key in FEATURE_KEYS:
+        if key in trained and trained[key] is not None and opts.get(key) != trained[key]:
+            log.info("teacher.%s=%s from the head's descriptor (config: %s)", key, trained[key], opts.get(key))
+            opts[key] = trained[key]
+    return teacher_from_config(path, opts, amp=amp)

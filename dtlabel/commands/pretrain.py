@@ -1,0 +1,120 @@
+"""``dtlabel pretrain --teacher T [--images DIR | data=...] [--head H] --out RUN``: DreamTeacher pretraining.
+
+A timm backbone + FPN/PPM regressor learns, with no labels, to regress the frozen teacher's
+multi-scale features of the label-free pool (fresh noise every step, flips only); with ``--head``
+(a train-head run on the same teacher) it also distils the head's soft labels (mix distillation).
+Outputs: ``backbone/`` (timm ``features_only`` weights + ``backbone.json``; ``train-student
+--backbone RUN`` starts a student from it), ``features.png`` (teacher vs regressed maps),
+``loss.png``, ``metrics.jsonl``. The task is ``dtlabel/pretrain/task.py``; the engine gives resume,
+the time budget, DDP and ``amp``. As with fit-teacher (a long label-free stage trained over several
+sittings), a run stopped by ``pretrain.max_minutes`` exports the backbone reached so far
+(``stopped_early`` in ``run.json``) and ``--resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dtlabel import dist, seeds
+from dtlabel.data import build_data, data_size, label_free_pool
+from dtlabel.data.transforms import ImageDataset, build_transform, to_uint8
+from dtlabel.device import select_device
+from dtlabel.engine import train
+from dtlabel.errors import ConfigError, DataError, ModelError
+from dtlabel.heads import load_head
+from dtlabel.heads.reading import TeacherFeatures, teacher_for_head
+from dtlabel.pretrain.export import BACKBONE, save_backbone, save_feature_pca
+from dtlabel.pretrain.losses import teacher_norm
+from dtlabel.pretrain.model import STRIDES, DistillationNet, create_backbone, match_levels
+from dtlabel.pretrain.task import PretrainTask, check_pretrain_options
+from dtlabel.report import save_training_curves
+from dtlabel.runs import Run, read_run
+from dtlabel.teachers import resolve_model_root, teacher_from_config
+
+log = logging.getLogger(__name__)
+
+
+def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+    pc = cfg.pretrain
+    if not cfg.inputs.get("teacher"):
+        raise ConfigError("pretrain needs --teacher DIR (a fit-teacher run folder or a local diffusers model folder)")
+    resolve_model_root(str(cfg.inputs.teacher))
+    check_pretrain_options(pc)
+    if cfg.inputs.get("head"):
+        read_run(str(cfg.inputs.head), "train-head", "--head")
+    device = dist.init_from_env(select_device(cfg.device))
+    try:
+        return _run(run, cfg, pc, device, args)
+    finally:
+        dist.cleanup()
+
+
+def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    seed = int(cfg.seed)
+    size = data_size(cfg.data)
+    bundle = build_data(cfg.data)
+    source = label_free_pool(bundle, bool(pc.include_labeled))
+    if source is None:
+        raise DataError(f"data set {bundle.name} has no images to pretrain on; pass --images DIR")
+    head = None
+    if cfg.inputs.get("head"):
+        head = load_head(str(cfg.inputs.head), device)
+        teacher = teacher_for_head(str(cfg.inputs.teacher), cfg.teacher, head, str(cfg.amp)).to(device)
+        want = head.meta.get("teacher_hash")
+        if want and teacher.teacher_hash() != want:
+            raise ModelError(f"--head {cfg.inputs.head} was trained on another teacher (hash {str(want)[:12]}, "
+                             f"--teacher has {teacher.teacher_hash()[:12]}); pass that teacher")
+    else:
+        teacher = teacher_from_config(str(cfg.inputs.teacher), cfg.teacher, amp=str(cfg.amp)).to(device)
+    mapping = OmegaConf.to_container(pc.mapping, resolve=True) if pc.get("mapping") is not None else None
+    spec = teacher.feature_spec
+    levels = match_levels(spec, teacher.image_size, size, mapping)  # type: ignore[arg-type]
+    torch.manual_seed(seed)
+    net = DistillationNet(create_backbone(str(pc.backbone)), spec, levels, int(pc.width),
+                          num_classes=head.num_classes if head is not None else 0).to(device)
+    images = ImageDataset(source, None, build_transform(size, train=False))
+    chunk = int(pc.teacher_batch) if pc.get("teacher_batch") else None
+    task = PretrainTask(net, TeacherFeatures(teacher, chunk=chunk), images, pc, seed, device, int(cfg.num_workers), head)
+    matched = {n: {"level": lv, "backbone_stride": STRIDES[lv], "teacher_stride": s, "teacher_size": list(teacher.image_size),
+                   "compared_at": "teacher map size (regressed map resized bilinearly)"}
+               for (n, _, s), lv in zip(spec, [levels[n] for n in spec.names])}
+    log.info("pretrain %s (%.2fM parameters with the regressor) on %d images at %dx%d: %d steps x batch %d, lr %.2e; "
+             "teacher %s %dx%d, maps -> levels %s%s", pc.backbone, sum(p.numel() for p in net.parameters()) / 1e6,
+             len(images), *size, task.total, task.batch, task.lr, teacher.family, *teacher.image_size,
+             {n: f"stride {STRIDES[lv]}" for n, lv in levels.items()}, ", mix distillation" if head is not None else "")
+    result = train(task, task.loop_config(str(cfg.amp), pc.get("max_minutes")), run.path, device,
+                   progress=not getattr(args, "quiet", False))
+    if result.stopped:  # like fit-teacher: the backbone reached so far is exported, --resume continues
+        log.warning("pretrain: stopped by pretrain.max_minutes at step %d of %d; the backbone so far is exported",
+                    result.steps, result.total)
+    desc = {"timm_name": str(pc.backbone), "features_only": True, "out_strides": list(STRIDES),
+            "teacher_hash": teacher.teacher_hash(), "teacher": teacher.describe(), "mapping": matched,
+            "teacher_norm": str(pc.teacher_norm), "steps": result.steps, "steps_planned": result.total, "stopped_early": result.stopped, "images_seen": result.steps * task.batch,
+            "pool_size": len(images), "data": bundle.name, "data_size": list(size), "mix": head is not None,
+            "head": str(cfg.inputs.head) if head is not None else None}
+    if dist.is_main():
+        save_backbone(run.path / BACKBONE, net.backbone, **desc)
+        save_training_curves(run.path, f"pretrain {pc.backbone}", "L_MSE + w_AT L_AT" + (" + KD" if head else ""))
+        if int(pc.pictures) > 0:
+            _pictures(run, task, net, images, min(int(pc.pictures), len(images)), str(pc.teacher_norm), seed)
+    dist.barrier()
+    log.info("pretrain: %d steps, final loss %.4f; backbone in %s", result.steps, result.loss_ema, run.path / BACKBONE)
+    return {"backbone": BACKBONE, **{k: v for k, v in desc.items() if k != "teacher"},
+            "final_loss": round(result.loss_ema, 6), "world_size": dist.world_size()}
+
+
+@torch.no_grad()
+def _pictures(run: Run, task: PretrainTask, net: DistillationNet, images: ImageDataset, n: int, norm: str,
+              seed: int) -> None:
+    x = torch.stack([images[i] for i in range(n)])
+    teacher = task.feats(x, [seeds.noise(seed, seeds.EVAL_STREAM, i) for i in range(n)])
+    net.eval()
+    regressed, _ = net(x.to(task.device))
+    save_feature_pca(run.path / "features.png", to_uint8(x), {k: teacher_norm(v.float(), norm).cpu() for k, v in teacher.items()},
+                     {k: v.cpu() for k, v in regressed.items()}, title=f"pretrain after {task.total} steps: teacher vs regressed "
+                     "maps (first 3 principal components of each teacher map)")

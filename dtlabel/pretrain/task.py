@@ -1,0 +1,113 @@
+"""The pretrain task: feature distillation (and mix distillation) from a frozen teacher, for the engine.
+
+Each step takes a batch of the label-free pool's deterministic stream at the data size, flips it
+(horizontal flip is the only augmentation, as in the paper), computes the teacher's features of the
+flipped images **online with fresh noise** (pass ``e`` over the pool uses noise stream ``e + 1``: the
+noise acts as feature-space augmentation, docs/METHOD.md §2) at the teacher reading the head uses,
+and regresses them with ``L_feat = L_MSE + at_weight * L_AT`` (:mod:`dtlabel.pretrain.losses`).
+With a head (mix distillation) the head's probabilities on the same teacher features are distilled
+into class logits on the finest regressor level: ``L_mix = L_feat + kd_weight * KD(tau)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from dtlabel import dist, seeds
+from dtlabel.data.streams import IndexStream, PositionedDataset
+from dtlabel.engine import LoopConfig, Task
+from dtlabel.errors import ConfigError
+from dtlabel.heads.reading import TeacherFeatures
+from dtlabel.losses import kd_loss
+from dtlabel.pretrain.losses import NORMS, feature_distillation_loss
+from dtlabel.pretrain.model import DistillationNet
+
+
+def check_pretrain_options(pc: DictConfig) -> None:
+    """One-line errors for values of the ``pretrain`` section nothing can train with."""
+    for key in ("batch_size", "width", "log_every", "checkpoint_every", "epochs"):
+        if int(pc[key]) < 1:
+            raise ConfigError(f"pretrain.{key}={pc[key]} must be >= 1")
+    if pc.get("steps") is not None and int(pc.steps) < 1:
+        raise ConfigError(f"pretrain.steps={pc.steps} must be >= 1 or null")
+    if str(pc.teacher_norm) not in NORMS:
+        raise ConfigError(f"pretrain.teacher_norm={pc.teacher_norm}: expected one of {', '.join(NORMS)}")
+    for key in ("base_lr", "at_weight", "mse_weight", "kd_weight", "tau"):
+        if float(pc[key]) < 0 or (key in ("base_lr", "tau") and float(pc[key]) == 0):
+            raise ConfigError(f"pretrain.{key}={pc[key]} must be > 0" if key in ("base_lr", "tau")
+                              else f"pretrain.{key}={pc[key]} must be >= 0")
+
+
+class PretrainTask(Task):
+    """Train ``net`` to regress ``feats`` of the images of ``images`` (``(3, H, W)`` in [-1, 1])."""
+
+    name = "pretrain"
+    config_prefix = "pretrain"
+
+    def __init__(self, net: DistillationNet, feats: TeacherFeatures, images: Dataset, pc: DictConfig, seed: int,
+                 device: torch.device, num_workers: int = 0, head: Any = None) -> None:
+        self.model, self.feats, self.pc, self.head = net, feats, pc, head
+        self.seed, self.device, self.num_workers = int(seed), device, int(num_workers)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.n = len(images)
+        self.dataset = PositionedDataset(images, seed)
+        self.batch = int(pc.batch_size)
+        if self.batch % self.world:
+            raise ConfigError(f"pretrain.batch_size {self.batch} must be divisible by the number of processes {self.world}")
+        self.per_epoch = math.ceil(self.n / self.batch)
+        self.total = int(pc.steps) if pc.get("steps") is not None else int(pc.epochs) * self.per_epoch
+        self.images_per_step = self.batch
+        self.lr = float(pc.base_lr) * self.batch / 256  # the paper's lr at batch 256, scaled linearly
+
+    def loop_config(self, amp: str, max_minutes: float | None) -> LoopConfig:
+        pc = self.pc
+        return LoopConfig(steps=self.total, lr=self.lr, weight_decay=float(pc.weight_decay),
+                          betas=tuple(float(b) for b in pc.betas), warmup_steps=int(pc.warmup_steps),  # type: ignore[arg-type]
+                          min_lr_ratio=float(pc.min_lr_ratio), grad_clip=float(pc.grad_clip), amp=amp, seed=self.seed,
+                          log_every=int(pc.log_every), checkpoint_every=int(pc.checkpoint_every),
+                          keep_last=int(pc.keep_checkpoints), keep_every=int(pc.get("keep_every") or 0),
+                          max_minutes=max_minutes)
+
+    def batches(self, start_step: int) -> Iterator[Any]:
+        sampler = IndexStream(self.n, self.batch, self.seed, start_step, self.total, self.rank, self.world)
+        return iter(DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers))
+
+    def targets(self, images: torch.Tensor, positions: Any, indices: Any) -> dict[str, Any]:
+        """Teacher maps (and the head's log-probabilities for mix) of ``images (B, 3, H, W)``."""
+        noise = [seeds.noise(self.seed, 1 + int(p) // self.n, int(i)) for p, i in zip(positions, indices)]
+        with torch.no_grad():
+            teacher = self.feats(images, noise)
+            soft = None
+            if self.head is not None:
+                h, w = images.shape[-2:]
+                probs, _ = self.head.predict(teacher, (h // 4, w // 4))
+                soft = probs.clamp_min(1e-8).log()
+        return {"teacher": teacher, "soft": soft}
+
+    def micro_batches(self, batch: Any, step: int) -> list[tuple[Any, float]]:
+        positions, indices, images = batch
+        if bool(self.pc.hflip):
+            g = torch.Generator().manual_seed(seeds.step(self.seed, step, self.rank))
+            flip = torch.rand(images.shape[0], generator=g) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return [({"images": images.to(self.device), **self.targets(images, positions, indices)}, 1.0)]
+
+    def training_step(self, model: torch.nn.Module, batch: Any, step: int) -> dict[str, torch.Tensor]:
+        maps, logits = model(batch["images"])
+        pc = self.pc
+        losses = feature_distillation_loss(maps, batch["teacher"], str(pc.teacher_norm), float(pc.at_weight),
+                                           float(pc.mse_weight))
+        if logits is not None and batch["soft"] is not None:
+            kd = kd_loss(logits.float(), batch["soft"], float(pc.tau))
+            losses["kd"] = kd
+            losses["loss"] = losses["loss"] + float(pc.kd_weight) * kd
+        return losses
+
+    def log_fields(self, step: int) -> dict[str, Any]:
+        return {"epoch": step // self.per_epoch}
