@@ -57,6 +57,16 @@ def synth_sample(base_seed: int, index: int) -> int:
     return int(base_seed) + int(index)
 
 
+def scene(seed: int, offset: int, number: int) -> int:
+    """Seed of scene ``number`` of a split (``offset`` per split) of the embedded default data set."""
+    return int(seed) * 10_000_000 + int(offset) + int(number)
+
+
+def epoch(seed: int, epoch_: int) -> int:
+    """Seed of pass ``epoch_`` of a synth stream's shuffle (``SynthIterableDataset.set_epoch``)."""
+    return int(seed) + int(epoch_)
+
+
 def shard_order(seed: int, rank: int) -> int:
     """Seed of the shuffle buffer of a synth stream on process ``rank``."""
     return int(seed) * 1_000_003 + int(rank)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from dtlabel import dist
+from dtlabel import dist, seeds
 from dtlabel.data import build_data, label_free_pool
 from dtlabel.data.transforms import ImageDataset, build_transform
 from dtlabel.device import select_device
@@ -62,7 +62,7 @@ def _sample_grid(path: Path, teacher_dir: Path, n: int, steps: int, seed: int, d
     sched = DDIMScheduler.from_pretrained(teacher_dir / "scheduler")
     pipe = DDIMPipeline(unet=unet, scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    gens = [torch.Generator().manual_seed(seeds.synth_sample(seed, i)) for i in range(n)]
     imgs = pipe(batch_size=n, generator=gens, num_inference_steps=steps, output_type="np").images
     imgs = (np.clip(imgs, 0, 1) * 255).round().astype(np.uint8)
     cols = 8 if n >= 8 else n

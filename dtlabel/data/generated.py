@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dtlabel import seeds
 from dtlabel.data.base import DataBundle, LabeledSource
 from dtlabel.data.default import CLASS_NAMES, render_scene
 
@@ -29,7 +30,7 @@ class GeneratedSource(LabeledSource):
         return self._ids
 
     def _scene_seed(self, id_: str) -> int:
-        return self.seed * 10_000_000 + _OFFSETS[id_[0]] + int(id_[1:])
+        return seeds.scene(self.seed, _OFFSETS[id_[0]], int(id_[1:]))
 
     def _render(self, id_: str) -> tuple[np.ndarray, np.ndarray]:
         if id_ not in self._cache:

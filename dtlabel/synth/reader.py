@@ -149,5 +149,5 @@ class SynthIterableDataset(torch.utils.data.IterableDataset):
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         world = dist.world_size() * workers
         rank = dist.rank() * workers + worker
-        for s in self.ds.iter(self.shuffle_buffer, seed=self.seed + self.epoch, rank=rank, world=world):
+        for s in self.ds.iter(self.shuffle_buffer, seed=seeds.epoch(self.seed, self.epoch), rank=rank, world=world):
             yield self.transform(s) if self.transform is not None else s

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dtlabel import seeds as seeds_
 from dtlabel.errors import ConfigError
 from dtlabel.teachers.base import SampleOutput
 from dtlabel.teachers.hooks import capture_outputs
@@ -77,12 +78,12 @@ def sample(
     feats: dict[str, list[torch.Tensor]] = {}
     for start in range(0, n, bs):
         idx = list(range(start, min(n, start + bs)))
-        img, f = denoise(teacher, [seed + i for i in idx], shape, steps, return_features)
+        img, f = denoise(teacher, [seeds_.synth_sample(seed, i) for i in idx], shape, steps, return_features)
         images.append(img.to(out_dev))
         for k, v in (f or {}).items():
             feats.setdefault(k, []).append(v.to(out_dev))
     features = {k: torch.cat(v) for k, v in feats.items()} if return_features else None
-    return SampleOutput(torch.cat(images), features, [seed + i for i in range(n)])
+    return SampleOutput(torch.cat(images), features, [seeds_.synth_sample(seed, i) for i in range(n)])
 
 
 def denoise(
