@@ -13,6 +13,19 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_mode(path: str | os.PathLike[str], folder: bool = False) -> None:
+    """Give ``path`` the mode the umask gives an ordinary new file (0666) or folder (0777): temporary
+    files and folders from ``mkstemp`` / ``mkdtemp`` are private (0600 / 0700), and would stay so
+    after the rename, leaving a teacher or a run unreadable for another user or a serving process."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path`` (atomic on POSIX)."""
@@ -23,6 +36,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        ordinary_mode(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -62,6 +76,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        for sub in [tmp, *tmp.rglob("*")]:  # what libraries wrote inside may be private too (safetensors: 0600)
+            if not sub.is_symlink():
+                ordinary_mode(sub, folder=sub.is_dir())
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():

@@ -39,7 +39,7 @@ from dtlabel.heads.base import WEIGHTS as HEAD_WEIGHTS
 from dtlabel.io import read_json, sha256_bytes, sha256_file, write_json
 from dtlabel.heads.reading import teacher_for_head
 from dtlabel.labeling import image_batch, sampled_batch
-from dtlabel.runs import Run
+from dtlabel.runs import Run, read_run
 from dtlabel.synth.shards import (
     MANIFEST,
     PLAN,
@@ -155,7 +155,10 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
 
     device = dist.init_from_env(select_device(cfg.device))
     rank, world = dist.rank(), dist.world_size()
-    head = load_head(str(cfg.inputs.head), device)
+    head_path = Path(str(cfg.inputs.head))
+    if (head_path / "head" / HEAD_DESCRIPTOR).is_file():  # a run folder, not a bare head/ folder: finished?
+        read_run(head_path, "train-head", "--head")
+    head = load_head(str(head_path), device)
     teacher = teacher_for_head(str(cfg.inputs.teacher), cfg.teacher, head, str(cfg.amp)).to(device)
     t_hash, h_hash = teacher.teacher_hash(), head_hash(str(cfg.inputs.head))
     trained_on = head.meta.get("teacher_hash")

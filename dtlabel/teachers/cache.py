@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dtlabel.io import ordinary_mode
 from dtlabel.teachers.base import Teacher
 
 logger = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ class FeatureCache:
                 np.save(tmp / f"{i}.npy", arr.astype(np.float16))
             meta = {"key": asdict(key), "names": names, "shapes": [list(feats[n].shape) for n in names]}
             (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+            ordinary_mode(tmp, folder=True)  # a shared cache: readable as the umask allows
             try:
                 os.replace(tmp, final)
             except OSError:

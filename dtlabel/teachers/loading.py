@@ -51,6 +51,9 @@ def resolve_model_root(path: str | Path) -> Path:
         )
     sub = path / "teacher"
     if sub.is_dir() and ((sub / "model_index.json").is_file() or (sub / "config.json").is_file()):
+        if (path / "config.yaml").is_file() and not (path / "run.json").is_file():
+            raise ModelError(f"teacher folder {path}: an unfinished fit-teacher run (no run.json); finish it with "
+                             "the same command and --resume, or pass its teacher/ folder on purpose")
         return sub
     return path
 

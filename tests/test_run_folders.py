@@ -1,0 +1,75 @@
+"""Run folders as inputs and artifacts: unfinished runs are refused as inputs, and artifacts get the
+modes the umask gives ordinary files and folders (another user or a serving process must read them)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from dtlabel.cli import main
+
+TINY = ("--preset", "tiny", "-q", "data.size=[16,16]")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    old = os.umask(0o022)
+    try:
+        root = tmp_path_factory.mktemp("runs")
+        teacher, head = root / "fit", root / "head"
+        assert main(["fit-teacher", *TINY, "fit.steps=2", "fit.checkpoint_every=2", "fit.sample_n=0",
+                     "--out", str(teacher)]) == 0
+        assert main(["train-head", *TINY, "--labels", "4", "--teacher", str(teacher), "data.n_test=4",
+                     "head.val_size=0", "head.overlays=0", "head.cache=true", "--out", str(head)]) == 0
+    finally:
+        os.umask(old)
+    return teacher, head
+
+
+def test_artifacts_get_ordinary_modes(runs: tuple[Path, Path]) -> None:
+    for root in runs:
+        modes = {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*")
+                 if "checkpoints" not in p.parts}
+        for name in ("config.yaml", "run.json", "teacher", "teacher/unet", "teacher/dtlabel_teacher.json",
+                     "teacher/unet/diffusion_pytorch_model.safetensors", "head", "head/head.json",
+                     "head/head.safetensors", "metrics.json", "labels.json", "feature_cache"):
+            if name in modes:
+                want = 0o755 if (root / name).is_dir() else 0o644
+                assert modes[name] == want, f"{root.name}/{name}: {oct(modes[name])}"
+        private = {k: oct(v) for k, v in modes.items() if v in (0o600, 0o700)}
+        assert not private, private
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("dtlabel: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_unfinished_teacher_run_is_refused(runs: tuple[Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    unfinished = tmp_path / "fit"
+    shutil.copytree(runs[0], unfinished)
+    (unfinished / "run.json").unlink()
+    err = _one_line_error(capsys, ["train-head", *TINY, "--labels", "4", "--teacher", str(unfinished),
+                                   "--out", str(tmp_path / "h")])
+    assert "an unfinished fit-teacher run (no run.json)" in err and "--resume" in err
+    # its teacher/ folder, passed on purpose, is a plain diffusers folder and is accepted
+    assert main(["train-head", *TINY, "--labels", "4", "--teacher", str(unfinished / "teacher"), "data.n_test=4",
+                 "head.val_size=0", "head.overlays=0", "head.epochs=1", "--out", str(tmp_path / "ok")]) == 0
+
+
+def test_unfinished_head_run_is_refused(runs: tuple[Path, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    unfinished = tmp_path / "head"
+    shutil.copytree(runs[1], unfinished)
+    (unfinished / "run.json").unlink()
+    for cmd in (["synthesize", "--n", "2"], ["pretrain", "pretrain.steps=1"]):
+        err = _one_line_error(capsys, [cmd[0], *TINY, *cmd[1:], "--teacher", str(runs[0]), "--head", str(unfinished),
+                                       "--out", str(tmp_path / cmd[0])])
+        assert "no run.json, the run is unfinished" in err
