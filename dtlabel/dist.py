@@ -27,7 +27,8 @@ def init_from_env(device: torch.device) -> torch.device:
     """Join the process group if launched by torchrun; returns this rank's device."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return device
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    # CUDA: NCCL for tensors on the GPU, gloo for the small CPU tensors (losses, confusion matrices)
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -47,6 +48,15 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t)
         t /= world_size()
     return t
+
+
+def any_true(flag: bool) -> bool:
+    """True on every process if ``flag`` is true on any (a decision all ranks must take together)."""
+    if world_size() > 1:
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+    return bool(flag)
 
 
 def cleanup() -> None:

@@ -13,17 +13,20 @@ from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread writes files
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def ordinary_mode(path: str | os.PathLike[str], folder: bool = False) -> None:
     """Give ``path`` the mode the umask gives an ordinary new file (0666) or folder (0777): temporary
     files and folders from ``mkstemp`` / ``mkdtemp`` are private (0600 / 0700), and would stay so
     after the rename, leaving a teacher or a run unreadable for another user or a serving process."""
-    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+    os.chmod(path, (0o777 if folder else 0o666) & ~_UMASK)
 
 
 @contextmanager

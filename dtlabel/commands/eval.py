@@ -80,15 +80,15 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         ev = score_student(model, source, ids, size, bs, device, str(cfg.amp), keep=keep, num_workers=nw)
         extra["student"] = str(student_dir)
     else:
-        from dtlabel.heads.reading import TeacherFeatures
+        from dtlabel.heads.reading import TeacherFeatures, teacher_for_head
         from dtlabel.heads.task import score_head
-        from dtlabel.teachers import resolve_model_root, teacher_from_config
+        from dtlabel.teachers import resolve_model_root
 
         teacher_dir = cfg.inputs.get("teacher") or hdesc.get("teacher")
         if not teacher_dir:
             raise ConfigError("eval --head needs --teacher DIR (the head's run does not record its teacher)")
         resolve_model_root(str(teacher_dir))
-        teacher = teacher_from_config(str(teacher_dir), cfg.teacher, amp=str(cfg.amp)).to(device)
+        teacher = teacher_for_head(str(teacher_dir), cfg.teacher, head, str(cfg.amp)).to(device)  # the head's reading
         want = head.meta.get("teacher_hash")
         if want and teacher.teacher_hash() != want:
             raise ModelError(f"--teacher {teacher_dir} is not the teacher the head was trained on (hash "

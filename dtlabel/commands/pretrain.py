@@ -101,7 +101,8 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
         save_backbone(run.path / BACKBONE, net.backbone, **desc)
         save_training_curves(run.path, f"pretrain {pc.backbone}", "L_MSE + w_AT L_AT" + (" + KD" if head else ""))
         if int(pc.pictures) > 0:
-            _pictures(run, task, net, images, min(int(pc.pictures), len(images)), str(pc.teacher_norm), seed)
+            _pictures(run, task, net, images, min(int(pc.pictures), len(images)), str(pc.teacher_norm), seed,
+                      result.steps)
     dist.barrier()
     log.info("pretrain: %d steps, final loss %.4f; backbone in %s", result.steps, result.loss_ema, run.path / BACKBONE)
     return {"backbone": BACKBONE, **{k: v for k, v in desc.items() if k != "teacher"},
@@ -110,11 +111,11 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
 
 @torch.no_grad()
 def _pictures(run: Run, task: PretrainTask, net: DistillationNet, images: ImageDataset, n: int, norm: str,
-              seed: int) -> None:
+              seed: int, steps: int) -> None:
     x = torch.stack([images[i] for i in range(n)])
     teacher = task.feats(x, [seeds.noise(seed, seeds.EVAL_STREAM, i) for i in range(n)])
     net.eval()
     regressed, _ = net(x.to(task.device))
     save_feature_pca(run.path / "features.png", to_uint8(x), {k: teacher_norm(v.float(), norm).cpu() for k, v in teacher.items()},
-                     {k: v.cpu() for k, v in regressed.items()}, title=f"pretrain after {task.total} steps: teacher vs regressed "
+                     {k: v.cpu() for k, v in regressed.items()}, title=f"pretrain after {steps} steps: teacher vs regressed "
                      "maps (first 3 principal components of each teacher map)")

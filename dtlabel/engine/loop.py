@@ -115,9 +115,11 @@ class _Selection:
 
     def update(self, record: dict[str, Any], model: torch.nn.Module) -> None:
         value = record.get(self.metric)
-        if self.rule == "last" or value is None:
+        if self.rule == "last" or (value is None and self.weights is None):
             self.record, self.weights = record, None
             return
+        if value is None:
+            return  # keep the best model found so far
         best = (self.record or {}).get(self.metric)
         if best is None or float(value) > float(best):
             self.record = record
@@ -144,7 +146,7 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     store = CheckpointStore(run_dir / "checkpoints", cfg.keep_last, cfg.keep_every)
     selection = _Selection(cfg.select, cfg.select_metric)
-    start = _resume(task, cfg, store, opt, sched, scaler, selection, device)
+    start, counters = _resume(task, cfg, store, opt, sched, scaler, selection, device)
 
     net: torch.nn.Module = model
     if world > 1:
@@ -153,28 +155,39 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
             find_unused_parameters=task.find_unused_parameters)
     metrics = run_dir / METRICS
     elapsed_before, loss_ema = _truncate_metrics(metrics, start) if dist.is_main() else (0.0, math.nan)
+    # the running mean and the training time of the checkpoint itself (older checkpoints: the last line kept)
+    elapsed_before = float(counters.get("elapsed_s", elapsed_before))
+    loss_ema = float(counters.get("loss_ema", loss_ema))
     max_seconds = float(cfg.max_minutes) * 60 if cfg.max_minutes is not None else math.inf
     prefix = f"{task.config_prefix}." if task.config_prefix else ""
 
+    saved = [start]
+
     def save(step: int) -> None:
+        if saved[-1] == step and store.latest() == step:
+            return  # this step is checkpointed already (a budget stop on a checkpoint step)
+        saved.append(step)
         if dist.is_main():
             tensors = {task.model_key: model.state_dict(), **task.checkpoint_tensors()}
             if selection.weights is not None:
                 tensors["best"] = selection.weights
             store.save(step, tensors, {"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
                                        "scaler": scaler.state_dict(), "total": total, "best": selection.record,
-                                       "task": task.checkpoint_state()})
+                                       "task": task.checkpoint_state(),
+                                       "engine": {"loss_ema": loss_ema, "elapsed_s": elapsed_before + time.time() - t_start}})
         dist.barrier()
 
     bar = tqdm(total=total, initial=start, desc=task.name, disable=not (progress and dist.is_main()),
                dynamic_ncols=True, smoothing=0.05)
     t_start, seen, step, stopped = time.time(), 0, start, False
     done = start
+    consistent = True  # weights, optimiser, counters and evaluations all describe step `done`
     net.train()
     try:
         batches = task.batches(start)
         for step in range(start, total):
             batch = next(batches)
+            consistent = False
             torch.manual_seed(seeds.torch_step(cfg.seed, step, rank))
             opt.zero_grad(set_to_none=True)
             logged = _forward_backward(task, net, batch, step, device, dtype, scaler, world, prefix)
@@ -187,7 +200,10 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
             task.after_step(step)
             done = step + 1
             seen += task.images_per_step
-            loss = float(dist.all_reduce_mean(torch.tensor(logged["loss"], dtype=torch.float64)).item())
+            loss = float(dist.all_reduce_mean(torch.tensor(logged["loss"], dtype=torch.float64, device=device)).item())
+            if not math.isfinite(loss):  # every process sees the same mean: all stop with the same line
+                raise TrainingDiverged(f"{task.name}: the loss became {loss} at step {step}; lower {prefix}lr or set "
+                                       f"{prefix}grad_clip")
             a = float(cfg.loss_smoothing)
             loss_ema = loss if math.isnan(loss_ema) else a * loss_ema + (1 - a) * loss
             elapsed = time.time() - t_start
@@ -208,16 +224,17 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
                 _append(metrics, rec)
             if done == total or (cfg.eval_every and done % int(cfg.eval_every) == 0):
                 _evaluate(task, done, net, model, selection, metrics)
+            consistent = True
             if done == total or (cfg.checkpoint_every and done % int(cfg.checkpoint_every) == 0):
                 save(done)
-            if time.time() - t_start > max_seconds and done < total:
+            if dist.any_true(time.time() - t_start > max_seconds) and done < total:  # one decision for all ranks
                 log.warning("%s: time budget of %s minutes reached at step %d of %d; checkpointed, continue with "
                             "--resume", task.name, cfg.max_minutes, done, total)
                 save(done)
                 stopped = True
                 break
     except KeyboardInterrupt:
-        if done > start:
+        if consistent and done > start:  # never a half-applied step or a skipped evaluation
             save(done)
         raise
     finally:
@@ -232,10 +249,10 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
 
 
 def _resume(task: Task, cfg: LoopConfig, store: CheckpointStore, opt: Any, sched: Any, scaler: Any,
-            selection: _Selection, device: torch.device) -> int:
-    """Load the latest checkpoint, if any; returns the step to continue from."""
+            selection: _Selection, device: torch.device) -> tuple[int, dict[str, Any]]:
+    """Load the latest checkpoint, if any; returns the step to continue from and the engine's counters."""
     if store.latest() is None:
-        return 0
+        return 0, {}
     tensors, state = store.load(device="cpu")
     if task.model_key not in tensors:
         raise RunError(f"{store.folder}: the checkpoint holds no {task.model_key} weights; it was not written by "
@@ -255,7 +272,7 @@ def _resume(task: Task, cfg: LoopConfig, store: CheckpointStore, opt: Any, sched
     task.load_checkpoint(tensors, state["task"] if "task" in state else state)
     step = int(state["step"])
     log.info("%s: resumed from step %d of %d (%s)", task.name, step, cfg.steps, store.folder)
-    return step
+    return step, dict(state.get("engine") or {})
 
 
 def _forward_backward(task: Task, net: torch.nn.Module, batch: Any, step: int, device: torch.device,
@@ -269,7 +286,7 @@ def _forward_backward(task: Task, net: torch.nn.Module, batch: Any, step: int, d
             with autocast(device, dtype):
                 losses = task.training_step(net, part, step)
             loss = losses["loss"].float()
-            if not torch.isfinite(loss):
+            if world == 1 and not torch.isfinite(loss):  # under DDP the mean over processes decides (one line)
                 raise TrainingDiverged(f"{task.name}: the loss became {loss.item()} at step {step}; lower {prefix}lr "
                                        f"or set {prefix}grad_clip")
             scaler.scale(loss * float(weight)).backward()

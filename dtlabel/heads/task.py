@@ -6,7 +6,9 @@ features **online with fresh noise**: pass ``e`` over the labeled images uses no
 (the paper's feature-space augmentation, docs/METHOD.md §2). With a feature cache the features of
 the un-augmented images come from disk (``cache_draws`` noise draws per image) and flips are applied
 to features and mask together. Logits are compared with masks at the data size. The validation
-slice is scored every ``eval_every`` passes; the engine keeps the best head.
+slice is scored every ``eval_every`` epochs; the engine keeps the best head. An epoch is
+``ceil(N / batch)`` steps of full batches (the last batch of a pass over the N images is filled from
+the next pass, so passes and epochs drift apart by a fraction of a batch per epoch).
 """
 
 from __future__ import annotations

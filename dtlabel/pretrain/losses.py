@@ -46,13 +46,16 @@ def attention_map(x: torch.Tensor) -> torch.Tensor:
 
 
 def attention_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean over samples of ``||attention_map(s) - attention_map(t)||_2`` at the smaller map size."""
-    hs, ht = student.shape[-2:], teacher.shape[-2:]
+    """Mean over samples of ``||attention_map(s) - attention_map(t)||_2`` at the smaller map size
+    (the energy maps ``mean_c(x^2)`` are area-pooled there, so signed detail does not cancel)."""
+    es, et = student.float().pow(2).mean(1, keepdim=True), teacher.float().pow(2).mean(1, keepdim=True)
+    hs, ht = es.shape[-2:], et.shape[-2:]
     if hs != ht:
         small = (min(hs[0], ht[0]), min(hs[1], ht[1]))
-        student = F.adaptive_avg_pool2d(student, small) if hs != small else student
-        teacher = F.adaptive_avg_pool2d(teacher, small) if ht != small else teacher
-    return (attention_map(student) - attention_map(teacher)).norm(dim=1).mean()
+        es = F.adaptive_avg_pool2d(es, small) if hs != small else es
+        et = F.adaptive_avg_pool2d(et, small) if ht != small else et
+    qs, qt = F.normalize(es.flatten(1), dim=1), F.normalize(et.flatten(1), dim=1)
+    return (qs - qt).norm(dim=1).mean()
 
 
 def feature_distillation_loss(regressed: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor],

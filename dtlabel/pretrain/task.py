@@ -60,6 +60,12 @@ class PretrainTask(Task):
         self.batch = int(pc.batch_size)
         if self.batch % self.world:
             raise ConfigError(f"pretrain.batch_size {self.batch} must be divisible by the number of processes {self.world}")
+        if self.batch // self.world < 2:
+            raise ConfigError(f"pretrain.batch_size {self.batch} over {self.world} process(es) leaves one image per process; "
+                              "the regressor's BatchNorm needs at least 2")
+        # a regressor level no teacher map (and no logit head) reads gets no gradient: DDP must know
+        used = set(net.levels.values()) | ({0} if net.logits is not None else set())
+        self.find_unused_parameters = bool({0, 1, 2} - used)
         self.per_epoch = math.ceil(self.n / self.batch)
         self.total = int(pc.steps) if pc.get("steps") is not None else int(pc.epochs) * self.per_epoch
         self.images_per_step = self.batch
