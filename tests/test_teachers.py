@@ -205,6 +205,7 @@ def test_load_pipeline_bare_unet_and_run_folders(model_dirs: dict[str, Path], tm
     run = tmp_path / "run"
     shutil.copytree(pipe_dir, run / "teacher")
     (run / "config.yaml").write_text("teacher: tiny\n")
+    (run / "run.json").write_text('{"command": "fit-teacher"}')  # a finished run (unfinished ones are refused)
     x = images("ddpm")
     loaded = {
         "pipeline": load_teacher(pipe_dir),

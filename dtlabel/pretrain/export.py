@@ -73,5 +73,5 @@ def save_feature_pca(path: str | Path, images: np.ndarray, teacher: Mapping[str,
                 r = F.interpolate(r[None], size=teacher[n].shape[-2:], mode="bilinear", align_corners=False)[0]
             row += _pca_rgb([teacher[n][b], r], images.shape[1:3])
         rows.append(row)
-    titles = ["image"] + [f"{which} {n}" for n in names for which in ("teacher", "regressed")]
+    titles = ["image"] + [f"{which}\n{n}" for n in names for which in ("teacher", "regressed")]
     save_grid(path, rows, titles=titles, suptitle=title)
