@@ -58,3 +58,25 @@ def cli(capsys):  # noqa: ANN001, ANN201
         return code, out, err
 
     return run
+
+
+def kill_after_first_checkpoint_then_resume(cmd: list[str], out: Path, settle: float = 0.0):  # noqa: ANN201
+    """Start ``cmd`` (a ``python -m dtlabel.cli ...`` argv writing ``out``), SIGKILL it once its first
+    checkpoint exists (after ``settle`` more seconds), check it left no ``run.json``, then run it again
+    with ``--resume``; returns that run's CompletedProcess (asserted successful)."""
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "checkpoints").glob("step_*")):
+        time.sleep(0.05)
+    time.sleep(settle)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "run.json").exists(), "the run finished before it could be killed"
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import kill_after_first_checkpoint_then_resume
 from safetensors.torch import load_file
 
 ARGS = ("fit-teacher", "--preset", "tiny", "fit.steps=6", "fit.checkpoint_every=2", "fit.sample_n=2",
@@ -74,18 +73,8 @@ def test_sigkill_then_resume_completes(full_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dtlabel.cli", *ARGS, "fit.steps=150", "fit.checkpoint_every=3", "fit.log_every=1",
            "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((out / "checkpoints").glob("step_*")):
-        time.sleep(0.05)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "run.json").exists(), "the run finished before it could be killed"
-    # the same command again, with --resume, continues from the last complete checkpoint
-    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # killed after its first checkpoint; the same command with --resume continues from the last complete one
+    kill_after_first_checkpoint_then_resume(cmd, out, settle=0.2)
     desc = json.loads((out / "run.json").read_text())
     assert desc["steps"] == 150
     assert not list(out.glob(".*tmp"))  # no half-written checkpoint survives

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import kill_after_first_checkpoint_then_resume
 
 from dtlabel.cli import main
 
@@ -168,17 +167,7 @@ def test_sigkill_then_resume_matches_uninterrupted(teacher: Path, tmp_path: Path
             "head.interpreter.width=8"]
     assert main([*args, "--out", str(tmp_path / "full")]) == 0
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "dtlabel.cli", *args, "--out", str(out)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((out / "checkpoints").glob("step_*")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "run.json").exists(), "the run finished before it could be killed"
-    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    kill_after_first_checkpoint_then_resume([sys.executable, "-m", "dtlabel.cli", *args, "--out", str(out)], out)
     a, b = _head_weights(tmp_path / "full"), _head_weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

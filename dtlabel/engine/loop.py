@@ -161,12 +161,13 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
     max_seconds = float(cfg.max_minutes) * 60 if cfg.max_minutes is not None else math.inf
     prefix = f"{task.config_prefix}." if task.config_prefix else ""
 
-    saved = [start]
+    last_saved = start  # every rank takes the same decision: no filesystem check before a barrier
 
     def save(step: int) -> None:
-        if saved[-1] == step and store.latest() == step:
+        nonlocal last_saved
+        if step == last_saved:
             return  # this step is checkpointed already (a budget stop on a checkpoint step)
-        saved.append(step)
+        last_saved = step
         if dist.is_main():
             tensors = {task.model_key: model.state_dict(), **task.checkpoint_tensors()}
             if selection.weights is not None:
@@ -190,7 +191,7 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
             consistent = False
             torch.manual_seed(seeds.torch_step(cfg.seed, step, rank))
             opt.zero_grad(set_to_none=True)
-            logged = _forward_backward(task, net, batch, step, device, dtype, scaler, world, prefix)
+            logged = _forward_backward(task, net, batch, step, device, dtype, scaler, world)
             if float(cfg.grad_clip) > 0:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, float(cfg.grad_clip))
@@ -201,7 +202,7 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
             done = step + 1
             seen += task.images_per_step
             loss = float(dist.all_reduce_mean(torch.tensor(logged["loss"], dtype=torch.float64, device=device)).item())
-            if not math.isfinite(loss):  # every process sees the same mean: all stop with the same line
+            if not math.isfinite(loss):  # the mean over processes decides, so all stop with the same one line
                 raise TrainingDiverged(f"{task.name}: the loss became {loss} at step {step}; lower {prefix}lr or set "
                                        f"{prefix}grad_clip")
             a = float(cfg.loss_smoothing)
@@ -276,7 +277,7 @@ def _resume(task: Task, cfg: LoopConfig, store: CheckpointStore, opt: Any, sched
 
 
 def _forward_backward(task: Task, net: torch.nn.Module, batch: Any, step: int, device: torch.device,
-                      dtype: torch.dtype | None, scaler: Any, world: int, prefix: str) -> dict[str, float]:
+                      dtype: torch.dtype | None, scaler: Any, world: int) -> dict[str, float]:
     """Forward + backward of one batch in the task's micro-batches; the batch's losses as floats."""
     parts = task.micro_batches(batch, step)
     logged: dict[str, float] = {}
@@ -285,11 +286,7 @@ def _forward_backward(task: Task, net: torch.nn.Module, batch: Any, step: int, d
         with net.no_sync() if sync else contextlib.nullcontext():  # type: ignore[operator]
             with autocast(device, dtype):
                 losses = task.training_step(net, part, step)
-            loss = losses["loss"].float()
-            if world == 1 and not torch.isfinite(loss):  # under DDP the mean over processes decides (one line)
-                raise TrainingDiverged(f"{task.name}: the loss became {loss.item()} at step {step}; lower {prefix}lr "
-                                       f"or set {prefix}grad_clip")
-            scaler.scale(loss * float(weight)).backward()
+            scaler.scale(losses["loss"].float() * float(weight)).backward()
         for name, value in losses.items():
             logged[name] = logged.get(name, 0.0) + float(weight) * float(value.detach())
     return logged

@@ -38,10 +38,12 @@ def check_pretrain_options(pc: DictConfig) -> None:
         raise ConfigError(f"pretrain.steps={pc.steps} must be >= 1 or null")
     if str(pc.teacher_norm) not in NORMS:
         raise ConfigError(f"pretrain.teacher_norm={pc.teacher_norm}: expected one of {', '.join(NORMS)}")
-    for key in ("base_lr", "at_weight", "mse_weight", "kd_weight", "tau"):
-        if float(pc[key]) < 0 or (key in ("base_lr", "tau") and float(pc[key]) == 0):
-            raise ConfigError(f"pretrain.{key}={pc[key]} must be > 0" if key in ("base_lr", "tau")
-                              else f"pretrain.{key}={pc[key]} must be >= 0")
+    for key in ("base_lr", "tau"):
+        if float(pc[key]) <= 0:
+            raise ConfigError(f"pretrain.{key}={pc[key]} must be > 0")
+    for key in ("at_weight", "mse_weight", "kd_weight"):
+        if float(pc[key]) < 0:
+            raise ConfigError(f"pretrain.{key}={pc[key]} must be >= 0")
 
 
 class PretrainTask(Task):

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from dtlabel import dist, seeds
 from dtlabel.data.streams import IndexStream, PositionedDataset
 from dtlabel.engine import CheckpointStore, LoopConfig, Task, train
-from dtlabel.errors import ConfigError, TrainingDiverged
+from dtlabel.errors import ConfigError
 from dtlabel.io import atomic_dir, write_text
 from dtlabel.teachers.fit_arch import (
     ARCHITECTURE,
@@ -43,7 +43,7 @@ from dtlabel.teachers.fit_arch import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FitResult", "FitTask", "TrainingDiverged", "build_unet", "checkpoint_steps", "export_checkpoint",
+__all__ = ["FitResult", "FitTask", "build_unet", "checkpoint_steps", "export_checkpoint",
            "fit_ddpm", "init_architecture", "read_architecture", "teacher_size", "unet_from_config"]
 
 
