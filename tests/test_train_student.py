@@ -189,3 +189,7 @@ def test_synth_class_count_mismatch(cli, synth: Path, labeled_folder: Path, tmp_
 
 def test_bad_option_values(cli, tmp_path: Path) -> None:
     assert "student.synth_loss=medium" in _err(cli, tmp_path, "--labels", "4", "student.synth_loss=medium")
+
+
+def test_unknown_amp_mode(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    assert "amp=fp8: expected one of auto, bf16, fp16, off" in _err(cli, tmp_path, "--labels", "4", "amp=fp8")
