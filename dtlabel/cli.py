@@ -8,6 +8,7 @@ console script calls and what tests call. User errors print one line and return 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -103,7 +104,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="dtlabel", description=__doc__.split("\n\n")[0] if __doc__ else None,
+    parser = _Parser(prog="dtlabel", description="Label distillation and semi-supervised segmentation with generative "
+                     "teachers (DreamTeacher): dtlabel <command> [options] [key=value ...]",
                      epilog="Overrides: key=value after the options, e.g. data=ccp data.root=PATH preset=tiny.")
     parser.add_argument("--version", action="version", version=f"dtlabel {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
@@ -169,6 +171,15 @@ def option_overrides(cmd: Command, ns: argparse.Namespace) -> list[str]:
     return out
 
 
+class _RunLogHandler(logging.FileHandler):
+    """The run folder's log file. A write that fails (a full disk) is dropped quietly: the command's
+    own error line says what happened, where logging's default would print a traceback per record."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+
 def _setup_logging(log_file: Any, quiet: bool) -> list[logging.Handler]:
     root = logging.getLogger()
     console = logging.StreamHandler(sys.stdout)  # stderr is kept for the one-line error
@@ -176,7 +187,7 @@ def _setup_logging(log_file: Any, quiet: bool) -> list[logging.Handler]:
     console.setFormatter(logging.Formatter("%(message)s"))
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
-        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh = _RunLogHandler(log_file, encoding="utf-8")
         fh.setLevel(logging.DEBUG)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handlers.append(fh)
@@ -186,6 +197,34 @@ def _setup_logging(log_file: Any, quiet: bool) -> list[logging.Handler]:
     for noisy in ("PIL", "matplotlib", "urllib3", "filelock", "h5py", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return handlers
+
+
+# errno values that are the machine's state, not dtlabel's bug: one line and exit 2
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE}
+
+
+def _os_message(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device{where}; nothing unfinished was kept as finished: free some space, "
+                "then rerun the same command with --resume")
+    return f"{exc.strerror or type(exc).__name__}{where}; fix the permissions (or choose another --out), then --resume"
+
+
+def _fail(message: str, code: int, handlers: list[logging.Handler]) -> int:
+    """Print the one error line on stderr, after closing any progress bar (so the line stands alone),
+    and keep it in the run's log file too."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+    sys.stderr.flush()
+    print(f"dtlabel: error: {message}", file=sys.stderr)
+    record = logging.LogRecord("dtlabel", logging.ERROR, __file__, 0, "error: %s", (message,), None)
+    for h in handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -210,8 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("done in %.1fs: %s", time.time() - t0, run.path)
         return 0
     except DTLabelError as exc:
-        print(f"dtlabel: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(str(exc), exc.exit_code, handlers)
+    except OSError as exc:  # a full disk, a read-only folder: the user's to fix, not a bug
+        if exc.errno not in _USER_OS_ERRORS:
+            raise
+        return _fail(_os_message(exc), 2, handlers)
     except TimeBudgetReached as exc:
         log.warning("%s", exc)
         return 0

@@ -75,11 +75,95 @@ def compose(command: str, overrides: Sequence[str] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(cdir), version_base=None):
         try:
-            return hydra_compose(config_name=name, overrides=overrides)
+            cfg = hydra_compose(config_name=name, overrides=overrides)
         except MissingConfigException as exc:
             raise _group_error(exc, overrides) from None
         except HydraException as exc:
             raise _key_error(name, exc, overrides) from None
+        values = [o for o in overrides if not _is_group_override(o)]
+        if values:
+            reference = hydra_compose(config_name=name, overrides=[o for o in overrides if _is_group_override(o)])
+            check_value_types(reference, values)
+        return cfg
+
+
+def _is_group_override(ov: str) -> bool:
+    key = ov.split("=", 1)[0].lstrip("+~")
+    return "." not in key and key in groups()
+
+
+# The type of keys whose default is null (``max_minutes: null`` and the like), by their last name;
+# keys with a non-null default are checked against the type of that default.
+NULLABLE_TYPES: dict[str, str] = {
+    "max_minutes": "number", "lr": "number", "weight_decay": "number",
+    "keep_every": "integer", "steps": "integer", "teacher_batch": "integer", "micro_batch": "integer",
+    "label_seed": "integer", "hidden": "integer", "epoch_steps": "integer", "base_seed": "integer",
+    "sample_steps": "integer", "labels": "integer", "n": "integer", "size": "size",
+}
+
+
+def _kind(value: object) -> str | None:
+    """What a config value must stay: number, integer, boolean, size (int or [H, W]), or None (free)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, (ListConfig, list)) and value and all(isinstance(v, int) and not isinstance(v, bool)
+                                                              for v in value):
+        return "integers"
+    if isinstance(value, (ListConfig, list)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                              for v in value):
+        return "numbers"
+    return None
+
+
+def _fits(value: object, kind: str) -> bool:
+    def num(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    def whole(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    seq = isinstance(value, (ListConfig, list, tuple))
+    return {
+        "boolean": lambda: isinstance(value, bool),
+        "integer": lambda: whole(value),
+        "number": lambda: num(value),
+        "integers": lambda: seq and all(whole(v) for v in value),  # type: ignore[union-attr]
+        "numbers": lambda: seq and all(num(v) for v in value),  # type: ignore[union-attr]
+        "size": lambda: whole(value) or (seq and all(whole(v) for v in value)),  # type: ignore[union-attr]
+    }[kind]()
+
+
+_KIND_WORDS = {"boolean": "true or false", "integer": "a whole number", "number": "a number",
+               "integers": "a list of whole numbers, e.g. [64,64]", "numbers": "a list of numbers",
+               "size": "a whole number or [H,W]"}
+
+
+def check_value_types(reference: DictConfig, overrides: Sequence[str]) -> None:
+    """Refuse an override whose value is not of its key's type (``fit.lr=abc``, ``fit.steps=1.5``).
+
+    ``reference`` is the config composed without the value overrides: a key keeps the type of its
+    default there, or, where the default is null, the type :data:`NULLABLE_TYPES` names; ``null``
+    itself is accepted only where the default is null.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for ov, parsed in zip(overrides, OverridesParser.create().parse_overrides(list(overrides))):
+        if parsed.is_delete() or parsed.is_sweep_override():
+            continue
+        key, value = parsed.key_or_group, parsed.value()
+        default = OmegaConf.select(reference, key, default=None, throw_on_missing=False)
+        kind = _kind(default) if default is not None else NULLABLE_TYPES.get(key.rsplit(".", 1)[-1])
+        if kind is None or (value is None and default is None):
+            continue
+        if not _fits(value, kind):
+            raw = ov.split("=", 1)[1]
+            shown = f" (default {OmegaConf.to_container(default) if isinstance(default, ListConfig) else default})" \
+                if default is not None else ""
+            raise ConfigError(f"{key}={raw}: expected {_KIND_WORDS[kind]}{shown}")
 
 
 def _group_error(exc: Exception, overrides: Sequence[str]) -> ConfigError:

@@ -17,7 +17,11 @@ class DTLabelError(Exception):
     exit_code = 2
 
     def __str__(self) -> str:  # keep it on one line whatever the caller passed
-        return " ".join(super().__str__().split())
+        text = super().__str__()
+        if "Original Traceback" in text:  # re-raised from a DataLoader worker: keep the worker's own line
+            last = text.strip().splitlines()[-1]
+            text = last.split(": ", 1)[1] if last.startswith(("dtlabel.", type(self).__name__)) and ": " in last else last
+        return " ".join(text.split())
 
 
 class ConfigError(DTLabelError):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from torch.utils.data import DataLoader, Dataset
 
 from dtlabel.data.base import LabeledSource
@@ -51,19 +52,21 @@ class _Shard(Dataset):
 @torch.no_grad()
 def evaluate_segmentation(predict: Predict, source: LabeledSource, ids: Sequence[str], size: Sequence[int],
                           batch_size: int, keep: int = 0, num_workers: int = 0, rank: int = 0, world: int = 1,
-                          score: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Evaluation:
+                          score: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = False) -> Evaluation:
     """Score ``predict`` on ``ids`` of ``source`` resized to ``size = (H, W)``.
 
     ``score`` turns an uncertainty map ``(B, H, W)`` into per-image scores ``(B,)`` (e.g. the mean of
-    the top 10%); their mean over all images is :attr:`Evaluation.mean_score`.
+    the top 10%); their mean over all images is :attr:`Evaluation.mean_score`. ``progress`` shows a
+    bar over the images (``dtlabel eval``; the training commands score quietly after their own bar).
     """
     ds = SegmentationDataset(source, list(ids), build_transform(tuple(size), train=False))
     cm = ConfusionMatrix(source.num_classes, source.ignore_index)
     out = Evaluation(cm)
     total = torch.zeros(2, dtype=torch.float64)  # sum of scores, count
     shard = _Shard(ds, rank, world)
-    if len(shard):
-        for idx, images, masks in DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers) if len(shard) else ()
+    with tqdm(total=len(shard), desc="eval", unit="img", disable=not progress or rank > 0) as bar:
+        for idx, images, masks in loader:
             pred, unc = predict(images, idx)
             pred = pred.cpu()
             cm.update(pred, masks)
@@ -75,6 +78,7 @@ def evaluate_segmentation(predict: Predict, source: LabeledSource, ids: Sequence
                     break
                 u = unc[b].float().cpu().numpy() if unc is not None else None
                 out.samples.append((to_uint8(images[b]), masks[b].numpy(), pred[b].numpy(), u))
+            bar.update(images.shape[0])
     if world > 1:
         m = cm.matrix.clone()
         torch.distributed.all_reduce(m)

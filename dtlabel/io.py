@@ -96,6 +96,28 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def save_tensors(tensors: dict[str, Any], path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> Path:
+    """``safetensors`` file of ``tensors`` whose bytes depend on the tensors and ``metadata`` alone.
+
+    safetensors writes ``__metadata__`` from a hash map, so two identical runs can order its keys
+    differently; the header is rewritten with them sorted (same length: only the order moves).
+    Writes ``path`` directly: call it inside :func:`atomic_path` / :func:`atomic_dir`.
+    """
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # pragma: no cover - a rewrite that is not a pure reordering
+        raise RuntimeError("safetensors header grew when its metadata was sorted")
+    with open(path, "wb") as f:
+        f.write(data[:8] + text + b" " * (n - len(text)) + data[8 + n:])
+    return Path(path)
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -3,7 +3,7 @@
 Two sources (docs/METHOD.md §5): images the teacher samples (``sampled_batch``: sample ``i`` from
 seed ``seeds.synth_sample(base_seed, i)``, features read with the same seed) and real images of a
 folder (``image_batch``: resized to the synth size, encoded with the same per-index noise seed).
-Each sample is a dict ``index, seed, image (H, W, 3) uint8, label (H, W) uint8, uncert (H, W) uint8,
+Each sample is a dict ``index, seed, image (H, W, 3) uint8, label (H, W) uint8, uncert (H, W) uint16,
 logits (C, h, w) fp16 log-probabilities or None, score, source, file`` that ``ShardWriter`` stores.
 """
 
@@ -24,7 +24,7 @@ from dtlabel.data.folder import read_image
 from dtlabel.data.transforms import to_uint8
 from dtlabel.errors import DataError
 from dtlabel.heads import Head, image_score, to_teacher_size
-from dtlabel.synth.shards import LOGIT_FLOOR, uncertainty_to_uint8
+from dtlabel.synth.shards import LOGIT_FLOOR, UNCERTAINTY_LEVELS, uncertainty_to_uint16
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,17 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def label_batch(head: Head, feats: dict[str, torch.Tensor], size: tuple[int, int], logits_size: tuple[int, int] | None,
                 score_top: float) -> dict[str, Any]:
-    """Head outputs of one batch as numpy: label, uint8 uncertainty, logits, scores."""
+    """Head outputs of one batch as numpy: label, uint16 uncertainty, logits, scores."""
     probs, unc = head.predict(feats, size)
     c = probs.shape[1]
     u_norm = (unc.float() / math.log(max(2, c))).clamp(0, 1)
-    u8 = uncertainty_to_uint8(u_norm.cpu().numpy())
+    u16 = uncertainty_to_uint16(u_norm.cpu().numpy())
     out: dict[str, Any] = {
         "label": probs.argmax(1).to(torch.uint8).cpu().numpy(),
-        "uncert": u8,
-        # from the stored uint8 map, so the score is reproducible from the shard alone, bit for bit
-        "score": image_score(torch.from_numpy(u8).double() / 255.0, top=score_top).numpy(),
+        "uncert": u16,
+        # from the stored map, so the score is reproducible from the shard alone, bit for bit; its
+        # 65535 levels keep the ensemble's small divergences apart (the 255 levels of format 1 did not)
+        "score": image_score(torch.from_numpy(u16.astype(np.int32)).double() / UNCERTAINTY_LEVELS, top=score_top).numpy(),
         "logits": None,
     }
     if logits_size is not None:

@@ -81,8 +81,12 @@ class Run:
                 if prev.get("command") != command:
                     raise RunError(f"--resume: {path} is a '{prev.get('command')}' run, not '{command}'")
             resumed = True
-        path.mkdir(parents=True, exist_ok=True)
-        write_text(path / "config.yaml", to_yaml(cfg))
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            write_text(path / "config.yaml", to_yaml(cfg))
+        except OSError as exc:
+            raise RunError(f"--out {path}: cannot create the run folder ({exc.strerror or type(exc).__name__}); "
+                           "choose a folder you can write to") from None
         return cls(command=command, path=path, cfg=cfg, resumed=resumed)
 
     @property

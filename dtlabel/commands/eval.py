@@ -77,7 +77,8 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     if student_dir:
         from dtlabel.students.task import score_student
 
-        ev = score_student(model, source, ids, size, bs, device, str(cfg.amp), keep=keep, num_workers=nw)
+        ev = score_student(model, source, ids, size, bs, device, str(cfg.amp), keep=keep, num_workers=nw,
+                           progress=not args.quiet)
         extra["student"] = str(student_dir)
     else:
         from dtlabel.heads.reading import TeacherFeatures, teacher_for_head
@@ -94,7 +95,8 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
             raise ModelError(f"--teacher {teacher_dir} is not the teacher the head was trained on (hash "
                              f"{teacher.teacher_hash()[:12]} vs {str(want)[:12]}); pass that teacher's folder")
         seed = int(head.meta.get("seed", cfg.seed))
-        ev = score_head(head, TeacherFeatures(teacher), source, ids, size, bs, seed, keep=keep, num_workers=nw)
+        ev = score_head(head, TeacherFeatures(teacher), source, ids, size, bs, seed, keep=keep, num_workers=nw,
+                        progress=not args.quiet)
         extra.update(head=str(head_dir), teacher=str(teacher_dir), mean_uncertainty=ev.mean_score)
     names = list(source.class_names)
     s = write_metrics(run.path / "metrics.json", ev.cm, names, split, len(ids), size, model=kind, data=bundle.name,

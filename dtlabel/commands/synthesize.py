@@ -39,7 +39,7 @@ from dtlabel.heads.base import WEIGHTS as HEAD_WEIGHTS
 from dtlabel.io import read_json, sha256_bytes, sha256_file, write_json
 from dtlabel.heads.reading import teacher_for_head
 from dtlabel.labeling import image_batch, sampled_batch
-from dtlabel.runs import Run, read_run
+from dtlabel.runs import DESCRIPTOR, Run, read_run
 from dtlabel.synth.shards import (
     MANIFEST,
     PLAN,
@@ -116,8 +116,8 @@ def _prepare_folder(run: Run, plan: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for tmp in list(folder.glob(".*.tmp")) + list(run.path.glob(".*.tmp")):
         tmp.unlink()
-    for stale in (run.path / MANIFEST,):
-        if stale.exists():  # a resumed run writes the manifest again at the end
+    for stale in (run.path / DESCRIPTOR, run.path / MANIFEST):
+        if stale.exists():  # a resumed run is unfinished until it writes them again, manifest then run.json
             stale.unlink()
     if not (run.path / PLAN).is_file():
         write_json(run.path / PLAN, plan)

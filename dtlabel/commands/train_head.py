@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from dtlabel import dist
 from dtlabel.data import build_data, choose_labels, data_size
 from dtlabel.data.base import DataBundle, LabeledSource
+from dtlabel.data.check import check_before_training
 from dtlabel.data.splits import validation_ids
 from dtlabel.device import select_device
 from dtlabel.engine import train
@@ -88,9 +89,10 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int, de
     source = _check_data(bundle)
     label_seed = int(hc.label_seed) if hc.get("label_seed") is not None else seed
     label_ids = choose_labels(source, bundle.splits["train"], n_labels, label_seed)
-    teacher = teacher_from_config(str(cfg.inputs.teacher), cfg.teacher, amp=str(cfg.amp)).to(device)
     val_ids, val_origin = validation_ids(bundle.splits, label_ids, int(hc.val_size), label_seed)
     test_ids = list(bundle.splits["test"])
+    check_before_training(source, {"labeled": label_ids, "validation": val_ids, "test": test_ids})
+    teacher = teacher_from_config(str(cfg.inputs.teacher), cfg.teacher, amp=str(cfg.amp)).to(device)
     if dist.is_main():
         write_json(run.path / "labels.json", {
             "n": n_labels, "label_seed": label_seed, "ids": label_ids, "pool": "train",

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from dtlabel import dist
 from dtlabel.data import build_data, choose_labels, data_size
 from dtlabel.data.base import DataBundle, LabeledSource
+from dtlabel.data.check import check_before_training
 from dtlabel.data.splits import validation_ids
 from dtlabel.device import select_device
 from dtlabel.engine import train
@@ -120,6 +121,7 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
     head_labels = list(((synth.manifest.get("head") or {}).get("label_ids") or [])) if synth is not None else []
     val_ids, val_origin = validation_ids(bundle.splits, [*label_ids, *head_labels], int(sc.val_size), label_seed)
     test_ids = list(bundle.splits["test"])
+    check_before_training(source, {"labeled": label_ids, "validation": val_ids, "test": test_ids})
     if rank == 0:
         write_json(run.path / "labels.json", {
             "n": n_labels, "label_seed": label_seed, "ids": label_ids, "pool": "train",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
 
-from dtlabel.data.base import DataBundle
+from dtlabel.data.base import DataBundle, LabeledSource
 from dtlabel.data.transforms import check_pair
 from dtlabel.errors import DataError
 
@@ -100,3 +101,18 @@ def check_bundle(bundle: DataBundle, progress: bool = True) -> CheckReport:
         rep.unlabeled = rep.pool - n_from_labeled
     rep.sizes = dict(sorted(sizes.items(), key=lambda kv: -kv[1]))
     return rep
+
+
+def check_before_training(src: LabeledSource, parts: dict[str, Sequence[str]]) -> None:
+    """Decode every image and mask a training command will use (``parts``: ``{"labeled": ids,
+    "validation": ids, "test": ids}``) once, before it trains: a corrupt file, a mask of the wrong
+    size or an out-of-range class id is one :class:`DataError` now, not a crash at step 700.
+    Costs one decode per file (about a second for CCP's 50 + 20 + 200)."""
+    n = sum(len(ids) for ids in parts.values())
+    for what, ids in parts.items():
+        for id_ in ids:
+            try:
+                check_pair(src.image(id_), src.mask(id_), src.num_classes, src.ignore_index, src.describe(id_))
+            except DataError as exc:
+                raise DataError(f"{exc} (a {what} image, found before training by checking all {n} images it "
+                                "uses; 'dtlabel data check' lists every problem of the data set)") from None

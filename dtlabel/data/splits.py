@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from omegaconf import ListConfig
 
 from dtlabel.data.base import LabeledSource
 from dtlabel.errors import ConfigError, DataError
@@ -43,8 +44,11 @@ def resolve_split(spec: object, ids: Sequence[str], root: Path | None, name: str
                     wanted.extend(i for i in ids if i.isdigit() and lo <= int(i) <= hi)
                 elif part.strip():
                     wanted.append(part.strip())
+    elif isinstance(spec, (list, tuple, ListConfig)):
+        wanted = [str(i) for i in spec]
     else:
-        wanted = [str(i) for i in spec]  # type: ignore[union-attr]
+        raise ConfigError(f"split '{name}'={spec!r}: expected a list of ids, a string of id ranges such as "
+                          "\"0001-0804\" (quoted), or a .txt file of ids")
     missing = [i for i in wanted if i not in available]
     if missing:
         raise DataError(f"split '{name}': {len(missing)} ids not in the data set (e.g. '{missing[0]}')")

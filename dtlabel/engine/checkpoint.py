@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dtlabel.errors import RunError
-from dtlabel.io import atomic_dir
+from dtlabel.io import atomic_dir, save_tensors
 
 STATE = "state.pt"
 _PREFIX = "step_"
@@ -55,7 +55,7 @@ class CheckpointStore:
         target = self.folder / step_name(step)
         with atomic_dir(target) as tmp:
             for name, group in tensors.items():
-                save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp / f"{name}.safetensors"))
+                save_tensors({k: v.detach().contiguous().cpu() for k, v in group.items()}, tmp / f"{name}.safetensors")
             torch.save({"step": int(step), **state}, tmp / STATE)
         self._prune()
         return target

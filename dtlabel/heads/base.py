@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from dtlabel.errors import ModelError
 from dtlabel.features import FeatureSpec
-from dtlabel.io import atomic_dir, write_json
+from dtlabel.io import atomic_dir, save_tensors, write_json
 from dtlabel.registry import Registry
 
 __all__ = ["HEADS", "HEAD_FORMAT", "Head", "entropy", "image_score", "pixel_grid", "register_head", "sample_features"]
@@ -247,8 +247,6 @@ class Head(torch.nn.Module, ABC):
 
         ``extra`` adds JSON-able descriptor fields (e.g. the teacher's ``describe()``, the data set).
         """
-        from safetensors.torch import save_file
-
         if class_names is not None and len(class_names) != self.num_classes:
             raise ValueError(f"{len(class_names)} class names for a head with {self.num_classes} classes")
         desc = {
@@ -263,7 +261,7 @@ class Head(torch.nn.Module, ABC):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
-            save_file(state, str(tmp / WEIGHTS), metadata={"format": HEAD_FORMAT, "kind": self.kind})
+            save_tensors(state, tmp / WEIGHTS, metadata={"format": HEAD_FORMAT, "kind": self.kind})
             write_json(tmp / DESCRIPTOR, desc)  # last: a folder with head.json is complete
         return folder
 

@@ -142,8 +142,9 @@ class HeadTask(Task):
 
 
 def score_head(head: Head, feats: TeacherFeatures, source: LabeledSource, ids: Sequence[str], size: tuple[int, int],
-               batch_size: int, seed: int, keep: int = 0, num_workers: int = 0) -> Any:
+               batch_size: int, seed: int, keep: int = 0, num_workers: int = 0, progress: bool = False) -> Any:
     """:class:`~dtlabel.evaluation.Evaluation` of a head on ``ids`` (evaluation noise), with the mean
     image uncertainty score; sharded over the processes under torchrun."""
     return evaluate_segmentation(head_predictor(head, feats, seed, size), source, ids, size, batch_size, keep=keep,
-                                 num_workers=num_workers, rank=dist.rank(), world=dist.world_size(), score=image_score)
+                                 num_workers=num_workers, rank=dist.rank(), world=dist.world_size(), score=image_score,
+                                 progress=progress)

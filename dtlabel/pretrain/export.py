@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dtlabel.io import atomic_dir, write_json
+from dtlabel.io import atomic_dir, save_tensors, write_json
 from dtlabel.report import save_grid
 
 BACKBONE = "backbone"
@@ -31,12 +31,10 @@ FORMAT = "dtlabel-backbone/1"
 
 def save_backbone(folder: str | Path, backbone: torch.nn.Module, **descriptor: Any) -> Path:
     """``folder/backbone.safetensors`` + ``folder/backbone.json`` (descriptor last, folder atomic)."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().cpu().contiguous() for k, v in sorted(backbone.state_dict().items())}
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        save_tensors(state, tmp / WEIGHTS, metadata={"format": FORMAT})
         write_json(tmp / DESCRIPTOR, {"format": FORMAT, "weights": WEIGHTS, "tensors": len(state), **descriptor})
     return folder
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from dtlabel.errors import ConfigError, ModelError, did_you_mean
-from dtlabel.io import atomic_dir, read_json, write_json
+from dtlabel.io import atomic_dir, read_json, save_tensors, write_json
 
 log = logging.getLogger(__name__)
 
@@ -204,15 +204,13 @@ def save_student(folder: str | Path, model: torch.nn.Module, spec: StudentSpec, 
     ``extra`` goes into the descriptor (class names, provenance); ``data`` and ``test_*`` numbers
     also into smp's model card.
     """
-    from safetensors.torch import save_file
-
     net = _unwrap(model)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     desc = {"format": FORMAT, **spec.to_dict(), "input": INPUT,
             "parameters": sum(p.numel() for p in net.parameters()), **extra}
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "arch": spec.arch})
+        save_tensors(state, tmp / WEIGHTS, metadata={"format": FORMAT, "arch": spec.arch})
         _write_hub_format(tmp, net, extra)
         write_json(tmp / DESCRIPTOR, desc)
     return folder

@@ -91,7 +91,7 @@ def check_input_size(model: torch.nn.Module, spec: StudentSpec, size: tuple[int,
 
 def score_student(model: torch.nn.Module, source: LabeledSource, ids: Sequence[str], size: tuple[int, int],
                   batch_size: int, device: torch.device, amp: str = "auto", keep: int = 0,
-                  num_workers: int = 0) -> Evaluation:
+                  num_workers: int = 0, progress: bool = False) -> Evaluation:
     """:class:`~dtlabel.evaluation.Evaluation` of a student on ``ids`` (sharded under torchrun)."""
     dtype = amp_dtype(device, amp)
     was = model.training
@@ -104,7 +104,7 @@ def score_student(model: torch.nn.Module, source: LabeledSource, ids: Sequence[s
 
     try:
         return evaluate_segmentation(predict, source, ids, size, batch_size, keep=keep, num_workers=num_workers,
-                                     rank=dist.rank(), world=dist.world_size())
+                                     rank=dist.rank(), world=dist.world_size(), progress=progress)
     finally:
         model.train(was)
 

@@ -56,7 +56,7 @@ class SynthReport:
         lines.append(f"{'id':>3}  {'class':<20} {'pixels %':>9} {'images %':>9}")
         for i, n in enumerate(self.class_names):
             lines.append(f"{i:>3}  {n:<20} {100 * self.pixel_share[i]:>9.2f} {100 * self.image_share[i]:>9.1f}")
-        q = ", ".join(f"q{k}={v:.3f}" for k, v in self.score_quantiles.items() if v is not None)
+        q = ", ".join(f"q{k}={v:.4g}" for k, v in self.score_quantiles.items() if v is not None)
         lines.append(f"uncertainty score quantiles: {q}")
         lines.append(f"problems: {len(self.problems)}")
         return "\n".join(lines)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dtlabel.synth.shards import SHARD_DIR, decode_group, iter_groups, key_of, shard_name, sidecar_name
 
-FORMAT = "dtlabel-synth/1"
+FORMAT = "dtlabel-synth/2"  # 2: 16-bit uncertainty maps (1: 8-bit; both read)
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
@@ -50,9 +50,9 @@ def build_manifest(path: Path, plan: dict[str, Any], ranges: list[tuple[int, int
         "logits": "float16 log-probabilities (C, h, w), area-averaged probabilities, clamped at ln(1e-6)",
         "image_format": plan["image_format"],
         "uncertainty": {"head": head.uncertainty_kind,
-                        "encoding": "uint8 = round(255 * min(1, u / ln(num_classes))); reader: value / 255"},
+                        "encoding": "16-bit PNG = round(65535 * min(1, u / ln(num_classes))); reader: value / 65535"},
         "score": {"definition": f"mean of the top {float(cfg.synth.score_top):g} fraction of the stored "
-                                "uncertainty (value / 255) per image; higher = more uncertain",
+                                "uncertainty (value / 65535) per image; higher = more uncertain",
                   "quantiles": {f"{q:g}": (round(float(np.quantile(present, q)), 6) if count else None)
                                 for q in QUANTILES}},
         "scores": scores,
@@ -102,7 +102,7 @@ def write_preview(path: Path, manifest: dict[str, Any], k: int, class_names: lis
     c = len(class_names)
     cells = []
     for s in samples:
-        u = (s["uncertainty"] * 255).astype(np.uint8)
+        u = (255 * s["uncertainty"] / max(float(s["uncertainty"].max()), 1e-6)).astype(np.uint8)
         cells += [s["image"], overlay(s["image"], s["label"], c, 0.6), np.stack([u, u, u], -1)]
     per_row = 3 * min(4, len(samples))
     rows = [cells[r:r + per_row] for r in range(0, len(cells), per_row)]
@@ -110,4 +110,4 @@ def write_preview(path: Path, manifest: dict[str, Any], k: int, class_names: lis
     mode = "sampled" if manifest["mode"] == "sample" else "real images"
     return save_grid(path / "preview.png", rows, titles=titles, class_names=class_names,
                      suptitle=f"synthesize ({mode}): samples {key_of(samples[0]['index'])}.. of {manifest['count']}, "
-                              "uncertainty white = max")
+                              "uncertainty white = the image's max")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import tarfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,15 +26,22 @@ import torch
 
 from dtlabel import seeds
 from dtlabel.errors import ConfigError, DataError, RunError
+from dtlabel.io import sha256_file
 from dtlabel.synth.shards import MANIFEST, decode_group, iter_groups, key_of
 
 Sample = dict[str, Any]
 
 
 class SynthSet:
-    """A finished synthesize run folder, optionally without its most uncertain fraction of samples."""
+    """A finished synthesize run folder, optionally without its most uncertain fraction of samples.
 
-    def __init__(self, run_dir: str | Path, drop_uncertain: float = 0.0) -> None:
+    Every shard is checked against the manifest when the set is opened: its size always, its sha256
+    with ``verify`` (about 0.1 s per 100 MB; docs/RESULTS.md), so a damaged shard is one
+    :class:`DataError` before training starts, not a crash in the middle of it. A shard that is
+    damaged after opening fails the same way when it is read.
+    """
+
+    def __init__(self, run_dir: str | Path, drop_uncertain: float = 0.0, verify: bool = True) -> None:
         self.path = Path(run_dir).expanduser()
         if not self.path.is_dir():
             raise RunError(f"synthesize run folder not found: {self.path}")
@@ -51,8 +60,7 @@ class SynthSet:
             raise ConfigError(f"drop_uncertain={drop_uncertain}: expected a fraction in [0, 1)")
         self.drop_uncertain = drop
         for sh in self.manifest["shards"]:
-            if not (self.path / sh["name"]).is_file():
-                raise DataError(f"{self.path}: shard {sh['name']} listed in {MANIFEST} is missing")
+            self._check_shard(sh, bool(verify))
         m = self.manifest
         self.num_classes: int = int(m["num_classes"])
         self.class_names: list[str] = list(m["class_names"])
@@ -64,6 +72,22 @@ class SynthSet:
         ranked = sorted(present, key=lambda si: (-si[0], -si[1]))
         self.indices: list[int] = sorted(i for _, i in ranked[n_drop:])
         self._keep = set(self.indices)
+
+    def damaged(self, name: str, reason: str) -> DataError:
+        """The one error line of a damaged shard: which shard, and the two ways out."""
+        return DataError(f"{self.path / name}: damaged shard ({reason}); 'dtlabel data check data.root={self.path}' "
+                         "lists every problem, and rerunning the same synthesize command with --resume rewrites it")
+
+    def _check_shard(self, sh: dict[str, Any], verify: bool) -> None:
+        f = self.path / sh["name"]
+        if not f.is_file():
+            raise DataError(f"{self.path}: shard {sh['name']} listed in {MANIFEST} is missing; rerun the same "
+                            "synthesize command with --resume to write it again")
+        size = f.stat().st_size
+        if "bytes" in sh and size != int(sh["bytes"]):
+            raise self.damaged(sh["name"], f"{size} bytes, the manifest says {sh['bytes']}")
+        if verify and "sha256" in sh and sha256_file(f) != sh["sha256"]:
+            raise self.damaged(sh["name"], "its sha256 differs from the manifest")
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -99,10 +123,13 @@ class SynthSet:
 
         def stream() -> Iterator[Sample]:
             for sh in mine:
-                for key, group in iter_groups(self.path / sh["name"], keep=wanted):
-                    if not wanted(key):
-                        continue
-                    yield decode_group(group)
+                try:
+                    for key, group in iter_groups(self.path / sh["name"], keep=wanted):
+                        if not wanted(key):
+                            continue
+                        yield decode_group(group)
+                except (OSError, EOFError, tarfile.TarError, KeyError, ValueError, zlib.error) as exc:
+                    raise self.damaged(sh["name"], f"{type(exc).__name__}: {exc}") from None
 
         if shuffle_buffer <= 0:
             yield from stream()
@@ -131,6 +158,8 @@ class SynthIterableDataset(torch.utils.data.IterableDataset):
 
     Consumers are ``(DDP rank, worker)`` pairs (rank from :mod:`dtlabel.dist`); each sample is yielded
     by exactly one consumer per epoch. ``set_epoch(e)`` reshuffles (the seed becomes ``seed + e``).
+    Without a ``transform``, keys whose value is None (``file`` of a sampled run, ``logits`` of a run
+    without them) are left out, so torch's default collate batches the samples as they are.
     """
 
     def __init__(self, ds: SynthSet, transform: Callable[[Sample], Sample] | None = None, shuffle_buffer: int = 256,
@@ -150,4 +179,4 @@ class SynthIterableDataset(torch.utils.data.IterableDataset):
         world = dist.world_size() * workers
         rank = dist.rank() * workers + worker
         for s in self.ds.iter(self.shuffle_buffer, seed=seeds.epoch(self.seed, self.epoch), rank=rank, world=world):
-            yield self.transform(s) if self.transform is not None else s
+            yield self.transform(s) if self.transform is not None else {k: v for k, v in s.items() if v is not None}

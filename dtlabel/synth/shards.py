@@ -4,13 +4,14 @@ Per sample, with ``key = f"{index:08d}"`` (entries of a sample are consecutive, 
 
 - ``{key}.png`` or ``{key}.jpg``: the RGB image (uint8).
 - ``{key}.label.png``: the hard pseudo-label, uint8 class ids (mode L).
-- ``{key}.uncert.png``: the head's per-pixel uncertainty as uint8, ``round(255 * min(1, u / ln C))``
+- ``{key}.uncert.png``: the head's per-pixel uncertainty as a 16-bit PNG, ``round(65535 * min(1, u / ln C))``
   with ``u`` in nats and ``C`` classes (entropy and the ensemble's Jensen-Shannon divergence are both
-  at most ``ln C``), so ``value / 255`` is the fraction of the maximum uncertainty.
+  at most ``ln C``), so ``value / 65535`` is the fraction of the maximum uncertainty. 16 bits, because
+  the ensemble's divergence is typically 0.002-0.02 nats: 8 bits (format 1) rounded it to 0 or 1.
 - ``{key}.logits.npy`` (optional): float16 ``(C, h, w)`` log-probabilities (natural log, clamped at
   ``ln 1e-6``) of the head's probabilities area-averaged to ``logits_size``; softmax gives them back.
 - ``{key}.json``: ``index``, ``seed``, ``score`` (mean of the top ``score_top`` fraction of the stored
-  uncertainty ``value / 255``, higher = more uncertain), ``source`` (``"sample"`` or ``"image"``) and ``file`` in image mode.
+  uncertainty ``value / 65535``, higher = more uncertain), ``source`` (``"sample"`` or ``"image"``) and ``file`` in image mode.
 
 Shard ``j`` holds indices ``[j * S, (j + 1) * S)``; it is written as ``shards/.shard-NNNNNN.tar.tmp``,
 then its sidecar ``shards/shard-NNNNNN.json`` (count, sha256, scores, class histogram), then renamed
@@ -52,9 +53,19 @@ def sidecar_name(j: int) -> str:
     return f"shard-{int(j):06d}.json"
 
 
-def uncertainty_to_uint8(u_norm: np.ndarray) -> np.ndarray:
-    """``u / ln C`` in [0, 1] (float) -> uint8 0..255."""
-    return np.clip(np.rint(u_norm * 255.0), 0, 255).astype(np.uint8)
+UNCERTAINTY_LEVELS = 65535
+
+
+def uncertainty_to_uint16(u_norm: np.ndarray) -> np.ndarray:
+    """``u / ln C`` in [0, 1] (float) -> uint16 0..65535 (the stored map)."""
+    return np.clip(np.rint(u_norm * float(UNCERTAINTY_LEVELS)), 0, UNCERTAINTY_LEVELS).astype(np.uint16)
+
+
+def uncertainty_from_png(im: Image.Image) -> np.ndarray:
+    """The stored map as ``u / ln C`` float32: 16-bit PNGs (format 2) and the 8-bit ones of format 1."""
+    if im.mode == "L":
+        return np.asarray(im, dtype=np.uint8).astype(np.float32) / 255.0
+    return np.asarray(im).astype(np.float32) / float(UNCERTAINTY_LEVELS)
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -115,7 +126,7 @@ def decode_group(group: dict[str, bytes]) -> dict[str, Any]:
     with Image.open(io.BytesIO(group["label.png"])) as im:
         label = np.asarray(im, dtype=np.uint8).copy()
     with Image.open(io.BytesIO(group["uncert.png"])) as im:
-        uncert = np.asarray(im, dtype=np.uint8).astype(np.float32) / 255.0
+        uncert = uncertainty_from_png(im)
     logits = np.load(io.BytesIO(group["logits.npy"]), allow_pickle=False) if "logits.npy" in group else None
     return {
         "key": key_of(meta["index"]), "index": int(meta["index"]), "image": image, "label": label,

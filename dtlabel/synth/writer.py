@@ -101,8 +101,14 @@ class ShardWriter:
                     self.shards_done.append(self._seal(state))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             self.error = exc
+            # the unfinished shard goes (a full disk gets its space back); --resume writes it again
             if tar is not None:
-                tar.close()
+                try:
+                    tar.close()
+                except OSError:
+                    pass
+            if state.get("tmp") is not None:
+                Path(state["tmp"]).unlink(missing_ok=True)
             # drain so that the caller never blocks on a full queue
             while True:
                 try:
