@@ -147,7 +147,7 @@ def check_value_types(reference: DictConfig, overrides: Sequence[str]) -> None:
 
     ``reference`` is the config composed without the value overrides: a key keeps the type of its
     default there, or, where the default is null, the type :data:`NULLABLE_TYPES` names; ``null``
-    itself is accepted only where the default is null.
+    itself is accepted where the default is null or a list (``head.scale=null`` turns jitter off).
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -157,8 +157,8 @@ def check_value_types(reference: DictConfig, overrides: Sequence[str]) -> None:
         key, value = parsed.key_or_group, parsed.value()
         default = OmegaConf.select(reference, key, default=None, throw_on_missing=False)
         kind = _kind(default) if default is not None else NULLABLE_TYPES.get(key.rsplit(".", 1)[-1])
-        if kind is None or (value is None and default is None):
-            continue
+        if kind is None or (value is None and (default is None or kind in ("integers", "numbers"))):
+            continue  # null stays allowed where the default is null, and for lists (scale=null: off)
         if not _fits(value, kind):
             raw = ov.split("=", 1)[1]
             shown = f" (default {OmegaConf.to_container(default) if isinstance(default, ListConfig) else default})" \

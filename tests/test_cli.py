@@ -110,3 +110,8 @@ def test_help_and_version(cli) -> None:
     assert code == 0 and "fit-teacher" in out
     code, out, _ = cli("--version")
     assert code == 0 and "dtlabel" in out
+
+
+def test_help_is_plain_text(cli) -> None:
+    code, out, _ = cli("--help")
+    assert code == 0 and "``" not in out and "Label distillation" in out

@@ -31,6 +31,11 @@ def test_student_on_test_matches_training_metrics(student: Path, tmp_path: Path)
     assert sum(map(sum, m["confusion_matrix"])) == m["pixels"] == 200 * 32 * 32
 
 
+def test_eval_shows_progress(cli, student: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    code, _, err = cli("eval", "--preset", "tiny", "--student", student, "--out", tmp_path / "e")
+    assert code == 0 and "eval: 100%" in err and "200/200" in err
+
+
 def test_student_on_val_split(student: Path, tmp_path: Path) -> None:
     out = tmp_path / "v"
     assert main(["eval", *TINY, "--student", str(student / "student"), "--split", "val", "--out", str(out)]) == 0

@@ -73,3 +73,21 @@ def test_unfinished_head_run_is_refused(runs: tuple[Path, Path], tmp_path: Path,
         err = _one_line_error(capsys, [cmd[0], *TINY, *cmd[1:], "--teacher", str(runs[0]), "--head", str(unfinished),
                                        "--out", str(tmp_path / cmd[0])])
         assert "no run.json, the run is unfinished" in err
+
+
+def test_safetensors_bytes_do_not_depend_on_the_metadata_order(tmp_path: Path) -> None:
+    """safetensors writes its metadata from a hash map (key order varies between saves); ours is sorted."""
+    import torch
+    from safetensors import safe_open
+
+    from dtlabel.io import save_tensors
+
+    tensors = {f"w{i}": torch.full((3,), float(i)) for i in range(5)}
+    meta = {k: k.upper() for k in ("format", "kind", "arch", "data", "seed", "steps", "classes", "teacher")}
+    blobs = set()
+    for k in range(6):
+        save_tensors(tensors, tmp_path / f"{k}.safetensors", metadata=meta)
+        blobs.add((tmp_path / f"{k}.safetensors").read_bytes())
+    assert len(blobs) == 1
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata() == meta and torch.equal(f.get_tensor("w3"), tensors["w3"])

@@ -365,3 +365,49 @@ def test_resume_with_other_settings_is_refused(models: tuple[Path, Path], sample
     assert "--resume:" in e and "another samples_per_shard" in e
     assert main(_args(models, "--n", "24", "--out", str(copy), "--resume")) == 0  # same command: fine, nothing redone
     assert json.loads((copy / "manifest.json").read_text())["count"] == 24
+
+
+def test_iterable_dataset_without_transform_collates_a_sampled_run(sampled: Path) -> None:
+    import torch
+
+    from dtlabel.synth import SynthIterableDataset, SynthSet
+
+    loader = torch.utils.data.DataLoader(SynthIterableDataset(SynthSet(sampled), shuffle_buffer=0), batch_size=4)
+    batch = next(iter(loader))
+    assert batch["image"].shape == (4, 16, 16, 3) and "file" not in batch  # a sampled run has no source file
+    assert batch["uncertainty"].dtype == torch.float32 and batch["index"].tolist() == [0, 1, 2, 3]
+
+
+def test_ensemble_uncertainty_keeps_its_resolution(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """The mlp-ensemble's divergences are small (thousandths of ln C): 16-bit maps keep them apart."""
+    import torch
+
+    from dtlabel.heads import create_head
+    from dtlabel.synth import SynthSet
+    from dtlabel.teachers import load_teacher
+
+    teacher = load_teacher(models[0], timesteps=(50,))
+    torch.manual_seed(0)
+    head = create_head("mlp-ensemble", teacher.feature_spec, 4, members=3, hidden=[8])
+    head.save(tmp_path / "head_run" / "head", teacher_hash=teacher.teacher_hash(), class_names=["bg", "a", "b", "c"],
+              teacher=teacher.describe())
+    (tmp_path / "head_run" / "run.json").write_text(json.dumps({"command": "train-head"}))
+    out = tmp_path / "synth"
+    assert main([*TINY, "--teacher", str(models[0]), "--head", str(tmp_path / "head_run"), "--n", "8", "--out",
+                 str(out)]) == 0
+    scores = json.loads((out / "manifest.json").read_text())["scores"]
+    assert len(set(scores)) == 8 and max(scores) < 0.05  # distinct, and small: no longer all 1/255
+    maps = np.concatenate([s["uncertainty"].ravel() for s in SynthSet(out)])
+    assert np.abs(maps * 255 - np.rint(maps * 255)).max() > 0.01  # values between the old 8-bit levels
+
+
+def test_resume_rewrites_a_damaged_shard(models: tuple[Path, Path], sampled: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(sampled, out)
+    shard = out / "shards" / "shard-000001.tar"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:600] + bytes(4400) + good[5000:])
+    assert main(_args(models, "--n", "24", "--resume", "--out", str(out))) == 0
+    assert shard.read_bytes() == good
