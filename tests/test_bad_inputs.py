@@ -184,3 +184,16 @@ def test_a_shard_damaged_after_opening_is_one_error(world: dict[str, Path], tmp_
         sum(1 for _ in ds)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["count"] == 12
+
+
+def test_data_check_prints_only_its_error_line_without_quiet(world: dict[str, Path], tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dtlabel.cli", "data", "check", "data=folder",
+                           f"data.root={world['data_corrupt']}", "--out", str(tmp_path / "c")],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "\r" not in done.stderr
+    assert done.stderr.startswith("dtlabel: error: data check found 1 problem(s)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import sys
 from typing import Any
 
 from omegaconf import DictConfig
@@ -21,13 +22,19 @@ from dtlabel.runs import Run
 log = logging.getLogger(__name__)
 
 
+def _bars(args: argparse.Namespace) -> bool:
+    """Progress bars on a terminal only: a check takes seconds, and where stderr is a file or a pipe
+    the bars' carriage returns would only surround the one error line."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def check(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     from dtlabel.synth.check import is_synth_run
 
     if is_synth_run(cfg.data.get("root")):  # data.root=<synthesize run folder>
         return _check_synth(run, cfg, args)
     bundle = build_data(cfg.data)
-    rep = check_bundle(bundle, progress=not args.quiet)
+    rep = check_bundle(bundle, progress=_bars(args))
     print(rep.table())
     for p in rep.problems[: int(cfg.max_problems)]:
         print(f"  problem: {p}")
@@ -42,7 +49,7 @@ def check(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]
 def _check_synth(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     from dtlabel.synth.check import check_synth
 
-    rep = check_synth(str(cfg.data.root), progress=not args.quiet)
+    rep = check_synth(str(cfg.data.root), progress=_bars(args))
     print(rep.table())
     for p in rep.problems[: int(cfg.max_problems)]:
         print(f"  problem: {p}")
