@@ -2,7 +2,8 @@
 
 Two sources (docs/METHOD.md §5): images the teacher samples (``sampled_batch``: sample ``i`` from
 seed ``seeds.synth_sample(base_seed, i)``, features read with the same seed) and real images of a
-folder (``image_batch``: resized to the synth size, encoded with the same per-index noise seed).
+folder or of a data set's pool (``image_batch`` over an ``ImageList``: resized to the synth size, encoded
+with the same per-index noise seed).
 Each sample is a dict ``index, seed, image (H, W, 3) uint8, label (H, W) uint8, uncert (H, W) uint16,
 logits (C, h, w) fp16 log-probabilities or None, score, source, file`` that ``ShardWriter`` stores.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from dtlabel import seeds
 from dtlabel.data.folder import read_image
 from dtlabel.data.transforms import to_uint8
 from dtlabel.errors import DataError
+from dtlabel.io import sha256_file
 from dtlabel.heads import Head, image_score, to_teacher_size
 from dtlabel.synth.shards import LOGIT_FLOOR, UNCERTAINTY_LEVELS, uncertainty_to_uint16
 
@@ -51,8 +55,32 @@ def label_batch(head: Head, feats: dict[str, torch.Tensor], size: tuple[int, int
     return out
 
 
-def _load_resized(path: Path, size: tuple[int, int]) -> np.ndarray:
-    arr = read_image(path)
+@dataclass(frozen=True)
+class ImageList:
+    """The real images a synthesize run labels: ``names[i]`` (the sample's ``file``: a path relative
+    to the ``--images`` folder, or a data set id) and ``read(i)``, its pixels ``(H, W, 3) uint8``."""
+
+    names: list[str]
+    read: Callable[[int], np.ndarray]
+
+    file: Callable[[int], Path | None] = lambda i: None
+
+    def sha256(self, i: int) -> str | None:
+        """The sha256 of image ``i``'s file (None where it has none): students recognise pseudo-labeled
+        copies of their validation and test images by it."""
+        path = self.file(i)
+        return sha256_file(path) if path is not None else None
+
+    @classmethod
+    def of_files(cls, files: Sequence[Path], root: Path) -> "ImageList":
+        return cls([p.relative_to(root).as_posix() for p in files], lambda i: read_image(files[i]), lambda i: files[i])
+
+    @classmethod
+    def of_source(cls, source: Any, ids: Sequence[str]) -> "ImageList":
+        return cls(list(ids), lambda i: source.image(ids[i]), lambda i: source.file(ids[i]))
+
+
+def _resized(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if arr.shape[:2] != tuple(size):
         arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BICUBIC), dtype=np.uint8)
     return arr
@@ -67,26 +95,26 @@ def sampled_batch(teacher: Any, head: Head, idx: list[int], base_seed: int, step
     return [_sample_dict(lab, k, i, seeds.synth_sample(base_seed, i), images[k], "sample", None) for k, i in enumerate(idx)]
 
 
-def image_batch(teacher: Any, head: Head, files: list[Path], root: Path, idx: list[int], base_seed: int,
+def image_batch(teacher: Any, head: Head, images: ImageList, idx: list[int], base_seed: int,
                  size: tuple[int, int], logits_size: tuple[int, int] | None, score_top: float,
                  skip_corrupt: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     arrays, kept, skipped = [], [], []
     for i in idx:
         try:
-            arrays.append(_load_resized(files[i], size))
+            arrays.append(_resized(images.read(i), size))
             kept.append(i)
         except DataError as exc:
             if not skip_corrupt:
                 raise DataError(f"{exc} (or pass synth.skip_corrupt=true to skip such files)") from None
             log.warning("skipping %s", exc)
-            skipped.append({"index": i, "file": files[i].relative_to(root).as_posix(), "error": str(exc)})
+            skipped.append({"index": i, "file": images.names[i], "error": str(exc)})
     if not kept:
         return [], skipped
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     x_t = to_teacher_size(x, teacher.image_size).to(teacher.device)
     feats = teacher.features(x_t, seed=[seeds.synth_sample(base_seed, i) for i in kept])
     lab = label_batch(head, feats, size, logits_size, score_top)
-    return [_sample_dict(lab, k, i, seeds.synth_sample(base_seed, i), arrays[k], "image", files[i].relative_to(root).as_posix())
+    return [_sample_dict(lab, k, i, seeds.synth_sample(base_seed, i), arrays[k], "image", images.names[i])
             for k, i in enumerate(kept)], skipped
 
 

@@ -134,7 +134,7 @@ def test_images_mode_one_sample_per_image(models: tuple[Path, Path], tmp_path: P
     assert all(len(f["sha256"]) == 64 for f in m["source"]["files"])
     samples = list(ds.iter())
     assert [s["file"] for s in samples] == files and {s["source"] for s in samples} == {"image"}
-    assert all(s["image"].shape == (16, 16, 3) and s["seed"] == s["index"] for s in samples)
+    assert all(s["image"].shape == (32, 32, 3) and s["seed"] == s["index"] for s in samples)  # data.size: what students train at
     # --n takes the first N files of the sorted list; resized to synth.size
     out2 = tmp_path / "real2"
     assert main(_args(models, "--images", str(folder), "--n", "2", "synth.size=[24,24]", "--out", str(out2))) == 0
@@ -176,7 +176,6 @@ def test_input_errors(models: tuple[Path, Path], tmp_path: Path, capsys: pytest.
 
     assert "needs --teacher DIR" in err("--n", "4", "--head", h)
     assert "needs --head DIR" in err("--n", "4", "--teacher", t)
-    assert "needs --n N" in err("--teacher", t, "--head", h)
     assert "--n 0: must be >= 1" in err("--n", "0", "--teacher", t, "--head", h)
     assert "teacher folder not found" in err("--n", "4", "--teacher", str(tmp_path / "none"), "--head", h)
     assert "head folder not found" in err("--n", "4", "--teacher", t, "--head", str(tmp_path / "none"))

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from dtlabel import dist
+from dtlabel.data import data_size
 from dtlabel.data.folder import list_images
 from dtlabel.device import select_device
 from dtlabel.errors import ConfigError, DataError, ModelError, RunError
@@ -38,7 +39,7 @@ from dtlabel.heads.base import DESCRIPTOR as HEAD_DESCRIPTOR
 from dtlabel.heads.base import WEIGHTS as HEAD_WEIGHTS
 from dtlabel.io import read_json, sha256_bytes, sha256_file, write_json
 from dtlabel.heads.reading import teacher_for_head
-from dtlabel.labeling import image_batch, sampled_batch
+from dtlabel.labeling import ImageList, image_batch, sampled_batch
 from dtlabel.runs import DESCRIPTOR, Run, read_run
 from dtlabel.synth.shards import (
     MANIFEST,
@@ -109,6 +110,20 @@ def _count(cfg: DictConfig, files: list[Path] | None) -> int:
     return n
 
 
+def _pool_images(cfg: DictConfig, head: Any) -> tuple[ImageList, dict[str, Any]]:
+    """The data set's label-free pool (never validation or test images) without the head's labeled and
+    validation images: what ``synthesize data=...`` labels when given neither --n nor --images."""
+    from dtlabel.data import build_data, pseudo_label_pool
+
+    bundle = build_data(cfg.data)
+    held = [*(head.meta.get("label_ids") or []), *(head.meta.get("val_ids") or [])]
+    pool, ids, excluded = pseudo_label_pool(bundle, held)
+    log.info("synthesize: the label-free pool of %s, %d images (%d of the head's labeled / validation images left "
+             "out; validation and test splits are never in it)", bundle.name, len(ids), excluded)
+    return ImageList.of_source(pool, ids), {"data": bundle.name, "root": str(cfg.data.get("root")),
+                                            "excluded": excluded}
+
+
 # ---------------------------------------------------------------------------------------------- shards
 def _prepare_folder(run: Run, plan: dict[str, Any]) -> None:
     """Rank 0: the shard folder, no temporary leftovers, and the plan every restart must match."""
@@ -148,9 +163,11 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     images_root, files = (None, None)
     if cfg.inputs.get("images"):
         images_root, files = _image_list(str(cfg.inputs.images))
-    n = _count(cfg, files)
+    # neither --n nor --images: the configured data set's label-free pool (read once the head is known)
+    from_pool = files is None and cfg.get("n") is None
+    n = _count(cfg, files) if not from_pool else 0
     files = files[:n] if files is not None else None
-    mode = "image" if files is not None else "sample"
+    mode = "image" if files is not None or from_pool else "sample"
     resolve_model_root(str(cfg.inputs.teacher))  # "not found" before loading anything
 
     device = dist.init_from_env(select_device(cfg.device))
@@ -167,7 +184,17 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
                          f"{cfg.inputs.teacher} is {t_hash}; pass the teacher the head was trained with")
     if head.num_classes > 256:
         raise ModelError(f"--head has {head.num_classes} classes; shards store labels as uint8 (at most 256)")
-    size = tuple(int(s) for s in sc.size) if (mode == "image" and sc.get("size") is not None) else tuple(teacher.image_size)
+    images: ImageList | None = None
+    source: dict[str, Any] | None = None
+    if files is not None and images_root is not None:
+        images = ImageList.of_files(files, images_root)
+        source = {"folder": str(images_root)}
+    elif from_pool:
+        images, source = _pool_images(cfg, head)
+        n = len(images.names)
+    # real images default to the size the students train at (data.size), samples to the teacher's
+    size = (tuple(int(s) for s in sc.size) if sc.get("size") is not None else data_size(cfg.data)) if mode == "image" \
+        else tuple(teacher.image_size)
     ds = int(sc.logits_downsample)
     logits_size = (max(1, size[0] // ds), max(1, size[1] // ds)) if ds > 0 else None
     base_seed = int(sc.base_seed) if sc.get("base_seed") is not None else int(cfg.seed)
@@ -182,9 +209,9 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         "teacher_hash": t_hash, "head_hash": h_hash, "sample_steps": steps if mode == "sample" else None,
         "sampler": teacher.sampler if mode == "sample" else None,
     }
-    if files is not None and images_root is not None:
-        plan["files"] = [{"file": p.relative_to(images_root).as_posix(), "sha256": sha256_file(p)} if rank == 0 else
-                         {"file": p.relative_to(images_root).as_posix()} for p in files]
+    if images is not None:
+        plan["files"] = [{"file": name, "sha256": images.sha256(i)} if rank == 0 else {"file": name}
+                         for i, name in enumerate(images.names)]
     if rank == 0:
         _prepare_folder(run, plan)
     dist.barrier()  # the run folder, the shard folder and plan.json exist from here on
@@ -199,7 +226,8 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     log.info("synthesize (%s): %d samples in %d shards of %d, %d rank(s); this rank: %d shards to write "
              "(%d already done), %d samples; image %dx%d, %s, batch %d%s", mode, n, len(ranges), per_shard, world,
              len(todo), len(mine) - len(todo), n_todo, size[0], size[1], sc.image_format, bs,
-             f", {teacher.sampler} {steps} steps" if mode == "sample" else f", from {images_root}")
+             f", {teacher.sampler} {steps} steps" if mode == "sample" else
+             f", from {source.get('folder') or 'the label-free pool of data set ' + str(source.get('data'))}")
 
     bar = tqdm(total=n_todo, unit="sample", desc=f"synthesize r{rank}" if world > 1 else "synthesize",
                disable=bool(getattr(args, "quiet", False)) or rank > 0, smoothing=0.1)
@@ -216,7 +244,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
                     samples = sampled_batch(teacher, head, idx, base_seed, steps, size, logits_size, float(sc.score_top))
                     writer.add(samples)
                 else:
-                    samples, skipped = image_batch(teacher, head, files, images_root, idx, base_seed, size,  # type: ignore[arg-type]
+                    samples, skipped = image_batch(teacher, head, images, idx, base_seed, size,  # type: ignore[arg-type]
                                                     logits_size, float(sc.score_top), bool(sc.skip_corrupt))
                     writer.add(samples, skipped)
             writer.close(j)
@@ -236,7 +264,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         raise RunError(f"shards {missing[:5]} are missing after all ranks finished; rerun with --resume")
     from dtlabel.synth.manifest import build_manifest, write_preview
 
-    manifest = build_manifest(run.path, plan, ranges, class_names, head, teacher, cfg, images_root, world)
+    manifest = build_manifest(run.path, plan, ranges, class_names, head, teacher, cfg, source, world)
     preview = write_preview(run.path, manifest, int(sc.preview), class_names) if int(sc.preview) > 0 else None
     write_json(run.path / MANIFEST, manifest)  # last artifact before run.json
     dist.cleanup()

@@ -63,6 +63,31 @@ def open_synth(path: str, drop_uncertain: float) -> Any:
     return SynthSet(path, drop_uncertain=drop_uncertain)
 
 
+def _drop_copies(synth: Any, source: LabeledSource, data_name: str, cfg: DictConfig, label_ids: list[str],
+                 val_ids: list[str], test_ids: list[str]) -> None:
+    """Refuse (or with ``student.drop_leaked`` drop) synth samples that are validation or test images;
+    drop those that are the N labeled images (they train with their real labels)."""
+    from dtlabel.synth.leaks import matching_samples
+
+    hits = matching_samples(synth, source, data_name, cfg.data.get("root"),
+                            {"labeled": label_ids, "validation": val_ids, "test": test_ids})
+    leaked = sorted(set(hits["validation"]) | set(hits["test"]))
+    if leaked and not bool(cfg.student.drop_leaked):
+        raise DataError(f"--synth {cfg.inputs.synth}: {len(hits['validation'])} pseudo-labeled samples are validation "
+                        f"and {len(hits['test'])} are test images of {data_name} (e.g. sample {leaked[0]}); they would "
+                        "leak into model selection and the test score: synthesize the data set's pool (data=... "
+                        "without --images) or pass student.drop_leaked=true to drop them")
+    if leaked:
+        log.warning("dropped %d synth samples that are validation / test images of %s (student.drop_leaked)",
+                    synth.exclude(leaked), data_name)
+    if hits["labeled"]:
+        log.info("dropped %d synth samples that are the labeled images (their real labels are used)",
+                 synth.exclude(hits["labeled"]))
+    if len(synth) < 1:
+        raise DataError(f"--synth {cfg.inputs.synth}: no samples left once the copies of this data set's "
+                        "labeled, validation and test images are dropped")
+
+
 def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     sc = cfg.student
     check_student_options(sc)
@@ -122,6 +147,8 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
     val_ids, val_origin = validation_ids(bundle.splits, [*label_ids, *head_labels], int(sc.val_size), label_seed)
     test_ids = list(bundle.splits["test"])
     check_before_training(source, {"labeled": label_ids, "validation": val_ids, "test": test_ids})
+    if synth is not None:
+        _drop_copies(synth, source, bundle.name, cfg, label_ids, val_ids, test_ids)
     if rank == 0:
         write_json(run.path / "labels.json", {
             "n": n_labels, "label_seed": label_seed, "ids": label_ids, "pool": "train",

@@ -8,7 +8,7 @@ Kinds: ``folder`` (images/ + masks/; also ccp and camvid), ``images`` (unlabeled
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -133,6 +133,22 @@ def data_size(cfg: DictConfig) -> tuple[int, int]:
     if not size or len(size) != 2 or any(int(s) < 8 for s in size):  # type: ignore[arg-type]
         raise ConfigError(f"data.size must be [H, W] with both >= 8, got {size}")
     return int(size[0]), int(size[1])  # type: ignore[index]
+
+
+def pseudo_label_pool(bundle: DataBundle, held_out: Iterable[str]) -> tuple[ImageSource, list[str], int]:
+    """``(source, ids, n_left_out)``: the images ``synthesize data=...`` labels. The label-free pool
+    (the unlabeled images and the labeled training pool's RGB; never validation or test) without
+    ``held_out``, ids of the labeled source (the head's labeled and validation images): their
+    pseudo-labels would double a real label or leak into model selection."""
+    source = label_free_pool(bundle, include_labeled=True)
+    if source is None:
+        raise DataError(f"data set {bundle.name} has no unlabeled pool to pseudo-label; pass --images DIR or --n N")
+    held = set(held_out)
+    drop = held | {f"labeled/{i}" for i in held}
+    ids = [i for i in source.ids if i not in drop]
+    if not ids:
+        raise DataError(f"data set {bundle.name}: every pool image is a labeled or validation image of the head")
+    return source, ids, len(source.ids) - len(ids)
 
 
 def label_free_pool(bundle: DataBundle, include_labeled: bool = True) -> ImageSource | None:

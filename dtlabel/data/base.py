@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +29,11 @@ class ImageSource(ABC):
     def describe(self, id_: str) -> str:
         """Where sample ``id_`` comes from (a file path for folders), for error messages."""
         return id_
+
+    def file(self, id_: str) -> Path | None:
+        """The image file of ``id_`` where there is one (folders), else None. Its sha256 is how a
+        pseudo-labeled copy of a validation or test image is recognised, whatever its path."""
+        return None
 
     def __len__(self) -> int:
         return len(self.ids)

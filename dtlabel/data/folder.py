@@ -125,6 +125,9 @@ class FolderLabeledSource(LabeledSource):
     def image(self, id_: str) -> np.ndarray:
         return read_image(self._images[id_])
 
+    def file(self, id_: str) -> Path | None:
+        return self._images.get(id_)
+
     def mask(self, id_: str) -> np.ndarray:
         return read_mask(self._masks[id_])
 
@@ -163,6 +166,9 @@ class FolderImageSource(ImageSource):
     def path(self, id_: str) -> Path:
         return self._files[id_]
 
+    def file(self, id_: str) -> Path | None:
+        return self._files.get(id_)
+
 
 class SubsetImageSource(ImageSource):
     """The images of some ids of another source (e.g. the labeled training pool's RGB)."""
@@ -182,6 +188,9 @@ class SubsetImageSource(ImageSource):
 
     def image(self, id_: str) -> np.ndarray:
         return self.source.image(self._map[id_])
+
+    def file(self, id_: str) -> Path | None:
+        return self.source.file(self._map[id_])
 
 
 class ConcatImageSource(ImageSource):
@@ -203,3 +212,6 @@ class ConcatImageSource(ImageSource):
 
     def image(self, id_: str) -> np.ndarray:
         return self._owner[id_].image(id_)
+
+    def file(self, id_: str) -> Path | None:
+        return self._owner[id_].file(id_)

@@ -16,8 +16,11 @@ QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def build_manifest(path: Path, plan: dict[str, Any], ranges: list[tuple[int, int]], class_names: list[str],
-                   head: Any, teacher: Any, cfg: DictConfig, images_root: Path | None, world: int) -> dict[str, Any]:
-    """Aggregate every shard's sidecar into the manifest (count, hashes, histogram, scores)."""
+                   head: Any, teacher: Any, cfg: DictConfig, source: dict[str, Any] | None, world: int) -> dict[str, Any]:
+    """Aggregate every shard's sidecar into the manifest (count, hashes, histogram, scores).
+
+    ``source`` (real images): ``{"folder": DIR}`` for ``--images`` or ``{"data": name, "root": ...,
+    "excluded": n}`` for a data set's pool; the plan's files (name + sha256) are added to it."""
     n = int(plan["n"])
     folder = path / SHARD_DIR
     scores: list[float | None] = [None] * n
@@ -35,9 +38,8 @@ def build_manifest(path: Path, plan: dict[str, Any], ranges: list[tuple[int, int
                        "bytes": info["bytes"], "sha256": info["sha256"]})
     present = np.asarray([s for s in scores if s is not None], dtype=np.float64)
     count = int(present.size)
-    source: dict[str, Any] | None = None
     if plan["mode"] == "image":
-        source = {"folder": str(images_root), "files": plan["files"]}
+        source = {**(source or {}), "files": plan["files"]}
     return {
         "format": FORMAT,
         "mode": plan["mode"],

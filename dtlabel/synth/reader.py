@@ -96,6 +96,14 @@ class SynthSet:
         return (f"SynthSet({str(self.path)!r}, {len(self)} of {self.manifest['count']} samples, "
                 f"drop_uncertain={self.drop_uncertain}, mode={self.manifest.get('mode')})")
 
+    def exclude(self, indices: Any) -> int:
+        """Leave the samples ``indices`` out of every later pass (e.g. copies of validation images);
+        returns how many of them were still kept."""
+        gone = self._keep & {int(i) for i in indices}
+        self._keep -= gone
+        self.indices = [i for i in self.indices if i not in gone]
+        return len(gone)
+
     def score(self, index: int) -> float | None:
         return self.manifest["scores"][index]
 
