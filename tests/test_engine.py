@@ -186,3 +186,22 @@ def test_resume_with_other_settings_is_refused(toy, tmp_path: Path) -> None:  # 
     train(toy.Toy(), _cfg(steps=4, max_minutes=0), tmp_path, torch.device("cpu"), progress=False)
     with pytest.raises(RunError, match="written for 4 steps, the config now gives 8"):
         train(toy.Toy(), _cfg(steps=8), tmp_path, torch.device("cpu"), progress=False)
+
+
+def test_budget_schedule_anneals_by_the_time_the_budget_ends(toy, tmp_path: Path) -> None:  # noqa: ANN001
+    """A 0.5 s budget over a 1000-step plan (50 ms steps): schedule=steps stops with the lr near its
+    peak, schedule=budget with it near the end of its cosine."""
+    last = {}
+    for schedule in ("steps", "budget"):
+        result = train(toy.Toy(sleep=0.05), _cfg(steps=1000, max_minutes=0.5 / 60, schedule=schedule, min_lr_ratio=0.0),
+                       tmp_path / schedule, torch.device("cpu"), progress=False)
+        assert result.stopped and result.steps < 100
+        last[schedule] = json.loads((tmp_path / schedule / "metrics.jsonl").read_text().splitlines()[-1])["lr"]
+    assert last["steps"] > 0.9e-2 and last["budget"] < 0.2e-2
+
+
+def test_budget_schedule_needs_a_budget() -> None:
+    from dtlabel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="schedule=budget needs max_minutes"):
+        _cfg(schedule="budget")

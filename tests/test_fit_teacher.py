@@ -48,9 +48,9 @@ def test_outputs_and_plain_diffusers_load(full_run: Path) -> None:
     assert pipe.unet.config.sample_size == [16, 16]
     img = pipe(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
     assert img.shape == (1, 16, 16, 3)
-    # at most keep_checkpoints checkpoints, each complete
+    # by default only the last checkpoint stays (a user who wants the teacher needs no more)
     ckpts = sorted((full_run / "checkpoints").iterdir())
-    assert [p.name for p in ckpts] == ["step_0000004", "step_0000006"]
+    assert [p.name for p in ckpts] == ["step_0000006"]
 
 
 def test_resume_after_time_budget_matches_uninterrupted(full_run: Path, tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_resume_finished_run_reexports_fp16(full_run: Path, tmp_path: Path) -> N
 def test_export_checkpoint_matches_final_teacher(full_run: Path, tmp_path: Path) -> None:
     from dtlabel.teachers.fit import checkpoint_steps, export_checkpoint
 
-    assert checkpoint_steps(full_run) == [4, 6]
+    assert checkpoint_steps(full_run) == [6]
     out = export_checkpoint(full_run, 6, tmp_path / "t6")
     assert _same(load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors")), _weights(full_run))
     assert json.loads((out / "dtlabel_teacher.json").read_text())["trained_steps"] == 6
@@ -185,7 +185,7 @@ def test_export_missing_checkpoint(full_run: Path, tmp_path: Path) -> None:
     from dtlabel.errors import ConfigError
     from dtlabel.teachers.fit import export_checkpoint
 
-    with pytest.raises(ConfigError, match=r"no complete checkpoint at step 2 \(have: 4, 6\)"):
+    with pytest.raises(ConfigError, match=r"no complete checkpoint at step 2 \(have: 6\)"):
         export_checkpoint(full_run, 2, tmp_path / "t2")
 
 
@@ -253,3 +253,16 @@ def test_init_from_not_a_ddpm(cli, tmp_path: Path) -> None:
     assert code == 2 and err.count("\n") == 1 and "no UNet2DModel config.json" in err
     code, _, err = cli(*ARGS, f"fit.init_from={tmp_path / 'missing'}", "--out", tmp_path / "r3")
     assert code == 2 and err.count("\n") == 1 and "folder not found" in err
+
+
+def test_a_teacher_stopped_by_its_budget_says_so_when_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from dtlabel.cli import main
+    from dtlabel.teachers import load_teacher
+
+    out = tmp_path / "early"
+    assert main([*ARGS, "fit.max_minutes=0", "--out", str(out)]) == 0
+    with caplog.at_level(logging.WARNING):
+        load_teacher(out)
+    assert any("stopped early (time budget) at step 1 of 6" in r.getMessage() for r in caplog.records)

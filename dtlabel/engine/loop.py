@@ -61,6 +61,7 @@ class LoopConfig:
     keep_last: int = 2
     keep_every: int = 0
     max_minutes: float | None = None
+    schedule: str = "steps"        # steps: the cosine spans `steps` | budget: it also ends when `max_minutes` does
     loss_smoothing: float = 0.9    # weight of the running mean shown in the bar and logged as loss_ema
     allow_new_total: bool = False  # resume with another number of steps (the schedule stretches)
 
@@ -71,6 +72,10 @@ class LoopConfig:
             raise ConfigError(f"select={self.select}: expected best or last")
         if self.max_minutes is not None and float(self.max_minutes) < 0:
             raise ConfigError(f"max_minutes={self.max_minutes} must be >= 0 or null")
+        if self.schedule not in ("steps", "budget"):
+            raise ConfigError(f"schedule={self.schedule}: expected steps or budget")
+        if self.schedule == "budget" and not self.max_minutes:
+            raise ConfigError("schedule=budget needs max_minutes > 0: the lr schedule ends with the time budget")
         for name in ("log_every", "keep_last"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
@@ -141,7 +146,14 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
     opt = torch.optim.AdamW(params, lr=float(cfg.lr), betas=tuple(float(b) for b in cfg.betas),  # type: ignore[arg-type]
                             weight_decay=float(cfg.weight_decay))
     total = int(cfg.steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, total, cfg.min_lr_ratio))
+    by_steps = warmup_cosine(cfg.warmup_steps, total, cfg.min_lr_ratio)
+    clock = {"fraction": 0.0}  # schedule=budget: training time so far / the budget, set before each step
+
+    def lr_factor(step: int) -> float:
+        # schedule=budget: the step the cosine is at is the further of the steps done and the time spent
+        return by_steps(max(step, int(clock["fraction"] * total)) if cfg.schedule == "budget" else step)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     store = CheckpointStore(run_dir / "checkpoints", cfg.keep_last, cfg.keep_every)
@@ -197,6 +209,8 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
                 torch.nn.utils.clip_grad_norm_(params, float(cfg.grad_clip))
             scaler.step(opt)
             scaler.update()
+            if cfg.schedule == "budget":
+                clock["fraction"] = (elapsed_before + time.time() - t_start) / max_seconds
             sched.step()
             task.after_step(step)
             done = step + 1

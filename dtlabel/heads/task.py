@@ -103,7 +103,8 @@ class HeadTask(Task):
             betas=tuple(float(b) for b in hc.betas), warmup_steps=int(hc.warmup_steps),  # type: ignore[arg-type]
             min_lr_ratio=float(hc.min_lr_ratio), grad_clip=float(hc.grad_clip), amp=amp, seed=self.seed,
             log_every=int(hc.log_every), eval_every=self.per_epoch * int(hc.eval_every) if self.val_ids else 0,
-            select=str(hc.select), checkpoint_every=self.per_epoch, keep_last=1, max_minutes=max_minutes)
+            select=str(hc.select), checkpoint_every=self.per_epoch, keep_last=1, max_minutes=max_minutes,
+            schedule=str(hc.get("schedule", "steps")))
 
     def batches(self, start_step: int) -> Iterator[Any]:
         sampler = IndexStream(self.n, self.batch, self.seed, start_step, self.total, self.rank, self.world)

@@ -164,7 +164,8 @@ class StudentTask(Task):
                           betas=tuple(float(b) for b in sc.betas), warmup_steps=int(sc.warmup_steps),  # type: ignore[arg-type]
                           min_lr_ratio=float(sc.min_lr_ratio), grad_clip=float(sc.grad_clip), amp=self.amp,
                           seed=self.seed, log_every=int(sc.log_every), eval_every=self.epoch_steps,
-                          select=str(sc.select), checkpoint_every=self.epoch_steps, keep_last=1, max_minutes=max_minutes)
+                          select=str(sc.select), checkpoint_every=self.epoch_steps, keep_last=1, max_minutes=max_minutes,
+                          schedule=str(sc.get("schedule", "steps")))
 
     # ------------------------------------------------------------------ data
     def batches(self, start_step: int) -> Iterator[tuple[Any, Any]]:

@@ -25,7 +25,7 @@ from dtlabel.errors import ModelError  # noqa: E402
 from dtlabel.features import FeatureSpec, feature_key  # noqa: E402
 from dtlabel.teachers.base import TEACHERS, SampleOutput, Teacher, register_teacher  # noqa: E402
 from dtlabel.teachers.diffusion import DiffusionTeacher  # noqa: E402
-from dtlabel.teachers.loading import hash_model_folder, read_model_json, resolve_model_root  # noqa: E402
+from dtlabel.teachers.loading import hash_model_folder, read_model_json, resolve_model_root, warn_if_stopped_early  # noqa: E402
 
 # the built-in families register themselves on import, as a plug-in would
 from dtlabel.teachers.ddpm import DDPMTeacher  # noqa: E402
@@ -54,7 +54,9 @@ __all__ = [
 
 def create_teacher(name: str, path: str | Path, **kwargs: Any) -> Teacher:
     """Build the teacher of family ``name`` (a name in :data:`TEACHERS`) from the folder ``path``."""
-    return TEACHERS.get(name)(path, **kwargs)
+    teacher = TEACHERS.get(name)(path, **kwargs)
+    warn_if_stopped_early(path)
+    return teacher
 
 
 def detection_order() -> list[str]:

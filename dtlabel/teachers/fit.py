@@ -123,7 +123,7 @@ def loop_config(cfg: DictConfig, seed: int, amp: str) -> LoopConfig:
                       grad_clip=float(cfg.grad_clip), amp=amp, seed=seed, log_every=int(cfg.log_every),
                       checkpoint_every=int(cfg.checkpoint_every), keep_last=int(cfg.keep_checkpoints),
                       keep_every=int(cfg.get("keep_every") or 0), max_minutes=cfg.get("max_minutes"),
-                      loss_smoothing=0.98, allow_new_total=True)
+                      schedule=str(cfg.get("schedule", "steps")), loss_smoothing=0.98, allow_new_total=True)
 
 
 def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], device: torch.device,

@@ -58,6 +58,21 @@ def resolve_model_root(path: str | Path) -> Path:
     return path
 
 
+def warn_if_stopped_early(path: str | Path) -> None:
+    """Say so when ``path`` is a fit-teacher run that its time budget stopped before its planned
+    steps (``stopped_early`` in run.json): every later figure rests on a less trained teacher."""
+    desc = Path(path).expanduser() / "run.json"
+    if not desc.is_file():
+        return
+    try:
+        info = read_json(desc, ModelError)
+    except ModelError:
+        return
+    if info.get("command") == "fit-teacher" and info.get("stopped_early"):
+        logger.warning("teacher %s stopped early (time budget) at step %s of %s; continue it with fit-teacher --resume "
+                    "for the teacher it was planned to be", path, info.get("steps"), info.get("steps_planned", "?"))
+
+
 def read_model_json(path: Path) -> dict[str, Any]:
     """A JSON object of a model folder; ``ModelError`` naming the file (and the fix) otherwise."""
     return read_json(path, ModelError, fix="re-save the model with save_pretrained")
