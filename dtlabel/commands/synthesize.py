@@ -5,8 +5,10 @@ Two sources of images:
 - sampled (``--n N``): the teacher samples image ``i`` from seed ``base_seed + i`` (its configured
   sampler, DDIM by default, ``synth.sample_steps`` steps) and reads its features with the same seed;
 - real (``--images DIR``): image ``i`` is the ``i``-th file of the sorted recursive listing of DIR,
-  resized to ``synth.size`` (default the teacher's image size) and encoded with the noise seed
-  ``base_seed + i``.
+  resized to ``synth.size`` (default ``data.size``, what students train at) and encoded with the
+  noise seed ``base_seed + i``;
+- a data set's pool (neither option, ``data=...``): its label-free pool without the head's labeled
+  and validation images (``data.pseudo_label_pool``), read like ``--images``.
 
 The head turns the features into probabilities, a hard label, an uncertainty map and a per-image
 score (format: :mod:`dtlabel.synth.shards`). Shard ``j`` holds indices ``[j*S, (j+1)*S)`` and rank
