@@ -159,3 +159,18 @@ def test_input_errors(teacher: Path, cli, tmp_path: Path) -> None:  # noqa: ANN0
     assert "pretrain.teacher_norm=batch" in err("--teacher", str(teacher), "pretrain.teacher_norm=batch")
     assert "pretrain.mapping names ['nope']" in err("--teacher", str(teacher), "+pretrain.mapping={nope: 1}")
     assert "--head" in err("--teacher", str(teacher), "--head", str(tmp_path / "nohead"))
+
+
+def test_a_pretrain_checkpoint_is_a_backbone_too(pretrained: Path) -> None:
+    """Points of a gain-against-pretraining-time curve: any kept checkpoint feeds --backbone."""
+    import segmentation_models_pytorch as smp
+    from safetensors.torch import load_file
+
+    from dtlabel.students import load_backbone
+
+    ckpt = sorted((pretrained / "checkpoints").glob("step_*"))[-1]  # the last one: the exported backbone
+    model = smp.create_model("Unet", encoder_name="resnet18", encoder_weights=None, classes=3, encoder_depth=3,
+                             decoder_channels=[32, 16, 8])
+    assert load_backbone(model, ckpt)["tensors"] > 50
+    state = load_file(str(pretrained / "backbone" / "backbone.safetensors"))
+    assert all(torch.equal(model.encoder.state_dict()[k], state[k]) for k in ("conv1.weight", "layer4.1.bn2.weight"))

@@ -53,8 +53,9 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def backbone_file(path: str | Path) -> tuple[Path, str | None]:
     """The weights file of ``--backbone``: a file, or a folder holding one (``run.json`` with a
-    ``backbone`` entry, a train-student run, or a single ``*.safetensors``); also the key prefix to
-    take (``"encoder."`` from a student)."""
+    ``backbone`` entry, a train-student run, a checkpoint folder ``RUN/checkpoints/step_N`` of
+    pretrain or train-student, or a single ``*.safetensors``); also the key prefix to take
+    (``"encoder."`` from a student, ``"auto"`` for a checkpoint: ``backbone.`` or ``encoder.``)."""
     p = Path(str(path)).expanduser()
     if p.is_file():
         return p, None
@@ -70,6 +71,9 @@ def backbone_file(path: str | Path) -> tuple[Path, str | None]:
             return p / "student" / WEIGHTS, "encoder."
     if (p / WEIGHTS).is_file():
         return p / WEIGHTS, "encoder."
+    if (p / "model.safetensors").is_file() and (p / "state.pt").is_file():
+        # a checkpoint folder (RUN/checkpoints/step_N): a pretrain run's backbone or a student's encoder
+        return p / "model.safetensors", "auto"
     files = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.pth")) + sorted(p.glob("*.bin"))
     if len(files) == 1:
         return files[0], None
@@ -88,6 +92,8 @@ def load_backbone(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise ModelError(f"--backbone {path}: {file} not found; the run is incomplete")
     state = _read_weights(file)
+    if prefix == "auto":
+        prefix = "backbone." if any(k.startswith("backbone.") for k in state) else "encoder."
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     by_norm: dict[str, torch.Tensor] = {}
