@@ -180,9 +180,17 @@ class _RunLogHandler(logging.FileHandler):
             super().handleError(record)
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """stdout; a reader that went away (``dtlabel ... | head``) ends the output, not the command."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not isinstance(sys.exc_info()[1], BrokenPipeError):
+            super().handleError(record)
+
+
 def _setup_logging(log_file: Any, quiet: bool) -> list[logging.Handler]:
     root = logging.getLogger()
-    console = logging.StreamHandler(sys.stdout)  # stderr is kept for the one-line error
+    console = _ConsoleHandler(sys.stdout)  # stderr is kept for the one-line error
     console.setLevel(logging.WARNING if quiet else logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
     handlers: list[logging.Handler] = [console]
@@ -250,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except DTLabelError as exc:
         return _fail(str(exc), exc.exit_code, handlers)
+    except BrokenPipeError:  # `dtlabel data check ... | head`: the reader left; nothing to report
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes stdout at exit
+        return 0
     except OSError as exc:  # a full disk, a read-only folder: the user's to fix, not a bug
         if exc.errno not in _USER_OS_ERRORS:
             raise

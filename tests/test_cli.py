@@ -115,3 +115,17 @@ def test_help_and_version(cli) -> None:
 def test_help_is_plain_text(cli) -> None:
     code, out, _ = cli("--help")
     assert code == 0 and "``" not in out and "Label distillation" in out
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
+    """``dtlabel data check ... | head -1``: no traceback when the pipe closes."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "dtlabel.cli", "data", "check", "--out", str(tmp_path / "c")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"dtlabel data check")
+    proc.stdout.close()  # the reader leaves
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "Logging error" not in err, err

@@ -58,8 +58,10 @@ def _sample_grid(path: Path, teacher_dir: Path, n: int, steps: int, seed: int, d
     """Sample ``n`` images with DDIM from the exported teacher (plain diffusers, as a user would)."""
     from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
 
-    unet = UNet2DModel.from_pretrained(teacher_dir / "unet").to(device)
-    sched = DDIMScheduler.from_pretrained(teacher_dir / "scheduler")
+    from dtlabel.teachers.loading import load_component
+
+    unet = load_component(UNet2DModel, teacher_dir, "unet").to(device)  # offline, safetensors, no accelerate warning
+    sched = load_component(DDIMScheduler, teacher_dir, "scheduler")
     pipe = DDIMPipeline(unet=unet, scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
     gens = [torch.Generator().manual_seed(seeds.synth_sample(seed, i)) for i in range(n)]

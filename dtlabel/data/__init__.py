@@ -121,8 +121,10 @@ def build_data(cfg: DictConfig) -> DataBundle:
     if kind not in DATA_KINDS:
         raise ConfigError(f"unknown data.kind '{kind}'{did_you_mean(kind, DATA_KINDS)}; available: {', '.join(DATA_KINDS)}")
     bundle = DATA_KINDS[kind](cfg)
-    log.info("data %s: %d labeled, %d unlabeled; splits %s", bundle.name,
-             len(bundle.labeled) if bundle.labeled else 0, len(bundle.unlabeled) if bundle.unlabeled else 0,
+    pool = bundle.unlabeled.ids if bundle.unlabeled else []
+    from_labeled = sum(1 for i in pool if i.startswith("labeled/"))
+    log.info("data %s: %d labeled, %d unlabeled images (unlabeled pool %d, with labeled images' RGB); splits %s",
+             bundle.name, len(bundle.labeled) if bundle.labeled else 0, len(pool) - from_labeled, len(pool),
              {k: len(v) for k, v in bundle.splits.items()})
     return bundle
 

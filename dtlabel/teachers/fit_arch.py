@@ -125,7 +125,8 @@ def load_init_weights(unet: torch.nn.Module, path: str | Path) -> None:
 
     root, sub = _unet_location(path)
     try:
-        src = UNet2DModel.from_pretrained(root, subfolder=sub, use_safetensors=True, local_files_only=True)
+        src = UNet2DModel.from_pretrained(root, subfolder=sub, use_safetensors=True, local_files_only=True,
+                                          low_cpu_mem_usage=False)  # the default needs accelerate and warns
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"fit.init_from {path}: cannot load the UNet weights: {str(exc).splitlines()[0]}") from None
     missing, unexpected = unet.load_state_dict({k: v.float() for k, v in src.state_dict().items()}, strict=False)
