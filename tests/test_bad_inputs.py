@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_labeled_folder
 from PIL import Image
 
-from conftest import make_labeled_folder
 from dtlabel.cli import main
 
 TINY = ("--preset", "tiny")

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import kill_after_first_checkpoint_then_resume
+
 from dtlabel.cli import main
 
 TINY = ("--preset", "tiny", "-q")

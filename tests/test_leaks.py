@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import make_labeled_folder
+
 from dtlabel.cli import main
 
 TINY = ("--preset", "tiny", "-q")

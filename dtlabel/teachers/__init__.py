@@ -25,7 +25,12 @@ from dtlabel.errors import ModelError  # noqa: E402
 from dtlabel.features import FeatureSpec, feature_key  # noqa: E402
 from dtlabel.teachers.base import TEACHERS, SampleOutput, Teacher, register_teacher  # noqa: E402
 from dtlabel.teachers.diffusion import DiffusionTeacher  # noqa: E402
-from dtlabel.teachers.loading import hash_model_folder, read_model_json, resolve_model_root, warn_if_stopped_early  # noqa: E402
+from dtlabel.teachers.loading import (  # noqa: E402
+    hash_model_folder,
+    read_model_json,
+    resolve_model_root,
+    warn_if_stopped_early,
+)
 
 # the built-in families register themselves on import, as a plug-in would
 from dtlabel.teachers.ddpm import DDPMTeacher  # noqa: E402
