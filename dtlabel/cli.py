@@ -78,7 +78,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("train-student", "train_student:run", "train an smp student on pseudo-labels (--synth) and/or real labels",
             (Option(("--labels",), "labels", {"type": int, "metavar": "N", "help": "number of real labeled training images"}),
              Option(("--synth",), "inputs.synth", {"metavar": "DIR", "help": "synthesize run folder (pseudo-labels)"}),
-             Option(("--backbone",), "inputs.backbone", {"metavar": "DIR", "help": "encoder weights file or run folder"}))),
+             Option(("--backbone",), "inputs.backbone", {"metavar": "DIR", "help": "encoder weights file or run folder"}),
+             Option(("--init",), "inputs.init", {"metavar": "DIR", "help": "start the whole student from a train-student "
+                                                 "run (two-stage: pseudo-labels first, then the real labels)"}))),
     Command("eval", "eval:run", "evaluate a student or a head on a labeled split (metrics, overlays, confusion)",
             (Option(("--student",), "inputs.student", {"metavar": "DIR", "help": "train-student run folder"}),
              Option(("--head",), "inputs.head", {"metavar": "DIR", "help": "train-head run folder"}),

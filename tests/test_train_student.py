@@ -193,3 +193,20 @@ def test_bad_option_values(cli, tmp_path: Path) -> None:
 
 def test_unknown_amp_mode(cli, tmp_path: Path) -> None:  # noqa: ANN001
     assert "amp=fp8: expected one of auto, bf16, fp16, off" in _err(cli, tmp_path, "--labels", "4", "amp=fp8")
+
+
+def test_init_from_a_student_run_starts_from_its_weights(scratch: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    """The second stage of a two-stage recipe starts from the first stage's whole student."""
+    out = tmp_path / "stage2"
+    assert main(["train-student", *TINY, "--labels", "8", "--init", str(scratch), "student.lr=0", "student.epochs=1",
+                 "--out", str(out)]) == 0
+    a, b = (load_file(str(p / "student" / "student.safetensors")) for p in (scratch, out))
+    convs = [k for k in a if k.endswith(".weight") and a[k].ndim == 4]
+    assert convs and all(torch.equal(a[k], b[k]) for k in convs)  # lr 0: still the first stage's weights
+    assert json.loads((out / "run.json").read_text())["init"]["from"] == str(scratch)
+    code, _, err = cli("train-student", *TINY, "--labels", "8", "--init", scratch, "student.encoder=resnet18",
+                       "--out", tmp_path / "mismatch")
+    assert code == 2 and "does not fit this one" in err
+    code, _, err = cli("train-student", *TINY, "--labels", "8", "--init", scratch, "--backbone", scratch,
+                       "--out", tmp_path / "both")
+    assert code == 2 and "not both" in err

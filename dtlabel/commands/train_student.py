@@ -35,6 +35,7 @@ from dtlabel.metrics import write_metrics
 from dtlabel.report import save_eval_pictures, save_training_curves
 from dtlabel.runs import Run, TimeBudgetReached, read_run
 from dtlabel.students import backbone_file, create_student, load_backbone, save_student
+from dtlabel.students.model import init_from_student
 from dtlabel.students.task import (
     StudentTask,
     check_input_size,
@@ -107,6 +108,10 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     check_encoder(str(sc.encoder))
     if cfg.inputs.get("backbone"):
         backbone_file(str(cfg.inputs.backbone))
+    if cfg.inputs.get("init"):
+        if cfg.inputs.get("backbone"):
+            raise ConfigError("pass --init (a whole student) or --backbone (an encoder), not both")
+        read_run(str(cfg.inputs.init), "train-student", "--init")
     synth = open_synth(str(synth_dir), float(sc.drop_uncertain)) if synth_dir else None
 
     device = dist.init_from_env(select_device(cfg.device))
@@ -161,6 +166,7 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
     model, spec = create_student(str(sc.arch), str(sc.encoder), source.num_classes, **kwargs)
     unused = check_input_size(model, spec, size)
     backbone = load_backbone(model, str(cfg.inputs.backbone)) if cfg.inputs.get("backbone") else None
+    init = init_from_student(model, str(cfg.inputs.init)) if cfg.inputs.get("init") else None
     model.to(device)
     task = StudentTask(model, source, label_ids, synth, val_ids, test_ids, size, sc, seed, device, str(cfg.amp),
                        int(cfg.num_workers), unused)
@@ -200,7 +206,7 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
     return {
         "student": "student", **spec.to_dict(), "num_classes": source.num_classes, "class_names": names,
         "labels": n_labels, "label_ids": label_ids, "synth": str(cfg.inputs.synth) if synth is not None else None,
-        "synth_loss": str(sc.synth_loss) if synth is not None else None, "backbone": backbone, "data": bundle.name,
+        "synth_loss": str(sc.synth_loss) if synth is not None else None, "backbone": backbone, "init": init, "data": bundle.name,
         "size": list(size), "steps": result.steps, "epochs": result.steps // task.epoch_steps, "world_size": world,
         "test_miou": test["miou"], "val_miou": (val or {}).get("miou"),
     }

@@ -239,6 +239,25 @@ def read_student(path: str | Path) -> dict[str, Any]:
     return desc
 
 
+def init_from_student(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+    """Start ``model`` (encoder and decoder) from the student of a finished train-student run: the
+    second stage of a two-stage recipe (pseudo-labels + real labels, then the real labels alone).
+    The architecture must match tensor for tensor; ``ModelError`` says what differs otherwise."""
+    from safetensors.torch import load_file
+
+    desc = read_student(path)
+    state = load_file(str(Path(desc["_folder"]) / WEIGHTS))
+    mine = _unwrap(model).state_dict()
+    wrong = [k for k in mine if k not in state or tuple(state[k].shape) != tuple(mine[k].shape)]
+    if wrong or len(state) != len(mine):
+        raise ModelError(f"--init {path}: its student ({desc.get('arch')}/{desc.get('encoder_name')}, "
+                         f"{desc.get('classes')} classes) does not fit this one (e.g. {wrong[0] if wrong else 'extra tensors'}); "
+                         "use the same student.arch, student.encoder, student.kwargs and data set")
+    _unwrap(model).load_state_dict(state, strict=True)
+    log.info("student initialised from %s (%d tensors)", desc["_folder"], len(state))
+    return {"from": str(path), "tensors": len(state)}
+
+
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a saved student (eval mode) and its descriptor, from ``student.json`` + ``student.safetensors``."""
     from safetensors.torch import load_file
