@@ -86,6 +86,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
              Option(("--head",), "inputs.head", {"metavar": "DIR", "help": "train-head run folder"}),
              Option(("--teacher",), "inputs.teacher", {"metavar": "DIR", "help": "the head's teacher (default: from its run)"}),
              Option(("--split",), "split", {"help": "train, val or test"}))),
+    Command("export", "export:run", "write a synthesize run's pseudo-labels for an annotation tool (coco, png, cvat, labelstudio)",
+            (Option(("synth",), "inputs.synth", {"metavar": "RUN", "nargs": "?", "help": "finished synthesize run folder"}),
+             Option(("--format",), "format", {"help": "coco | png | cvat | labelstudio"}))),
     Command("demo", "demo:run", "the whole chain on the embedded default data, ending with a results table",
             (Option(("--labels",), "labels", {"type": int, "metavar": "N", "help": "number of labeled images"}),)),
 )}
