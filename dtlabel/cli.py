@@ -221,7 +221,23 @@ def _os_message(exc: OSError) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return (f"no space left on the device{where}; nothing unfinished was kept as finished: free some space, "
                 "then rerun the same command with --resume")
-    return f"{exc.strerror or type(exc).__name__}{where}; fix the permissions (or choose another --out), then --resume"
+    if exc.errno == errno.EMFILE:
+        return (f"too many open files{where}; lower num_workers or raise the limit (ulimit -n), then rerun the "
+                "same command with --resume")
+    return (f"{exc.strerror or type(exc).__name__}{where}: a file dtlabel must read or write is not accessible; "
+            "fix its permissions or choose another --out, then rerun the same command with --resume")
+
+
+def _stdout_gone() -> bool:
+    """True when our own stdout is a pipe whose reader left (poll reports an error on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a test's capture)
+        return False
 
 
 def _fail(message: str, code: int, handlers: list[logging.Handler]) -> int:
@@ -263,8 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except DTLabelError as exc:
         return _fail(str(exc), exc.exit_code, handlers)
-    except BrokenPipeError:  # `dtlabel data check ... | head`: the reader left; nothing to report
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes stdout at exit
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # a worker's pipe, not the reader of our output: a real failure
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - `dtlabel ... | head`: the reader left
         return 0
     except OSError as exc:  # a full disk, a read-only folder: the user's to fix, not a bug
         if exc.errno not in _USER_OS_ERRORS:

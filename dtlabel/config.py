@@ -133,13 +133,13 @@ def _fits(value: object, kind: str) -> bool:
         "number": lambda: num(value),
         "integers": lambda: seq and all(whole(v) for v in value),  # type: ignore[union-attr]
         "numbers": lambda: seq and all(num(v) for v in value),  # type: ignore[union-attr]
-        "size": lambda: whole(value) or (seq and all(whole(v) for v in value)),  # type: ignore[union-attr]
+        "size": lambda: seq and len(value) == 2 and all(whole(v) for v in value),  # type: ignore[arg-type, union-attr]
     }[kind]()
 
 
 _KIND_WORDS = {"boolean": "true or false", "integer": "a whole number", "number": "a number",
                "integers": "a list of whole numbers, e.g. [64,64]", "numbers": "a list of numbers",
-               "size": "a whole number or [H,W]"}
+               "size": "[H,W], two whole numbers"}
 
 
 def check_value_types(reference: DictConfig, overrides: Sequence[str]) -> None:

@@ -50,6 +50,15 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(value: float) -> float:
+    """The largest ``value`` over all processes (the same number on every rank)."""
+    if world_size() > 1:
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+    return float(value)
+
+
 def any_true(flag: bool) -> bool:
     """True on every process if ``flag`` is true on any (a decision all ranks must take together)."""
     if world_size() > 1:

@@ -113,8 +113,10 @@ def save_tensors(tensors: dict[str, Any], path: str | os.PathLike[str], metadata
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     if len(text) > n:  # pragma: no cover - a rewrite that is not a pure reordering
         raise RuntimeError("safetensors header grew when its metadata was sorted")
-    with open(path, "wb") as f:
-        f.write(data[:8] + text + b" " * (n - len(text)) + data[8 + n:])
+    with open(path, "wb") as f:  # piece by piece: the tensor bytes are not copied again
+        f.write(data[:8])
+        f.write(text + b" " * (n - len(text)))
+        f.write(memoryview(data)[8 + n:])
     return Path(path)
 
 

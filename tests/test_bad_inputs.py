@@ -130,10 +130,18 @@ CASES = [
                                          *_folder_data(w, "class_id")], "found before training"),
     ("student-without-labels-or-synth", lambda w: ["train-student", *TINY], "needs --labels"),
     ("eval-without-a-model", lambda w: ["eval", *TINY], "exactly one of"),
-    ("more-labels-than-the-pool", lambda w: ["train-student", *TINY, *DATA, "--labels", "500"], "labels"),
+    ("more-labels-than-the-pool", lambda w: ["train-student", *TINY, *DATA, "--labels", "500"],
+     "must be between 1 and the training pool size"),
     ("backbone-not-found", lambda w: ["train-student", *TINY, "--labels", "4", "--backbone", str(w["root"] / "nope")],
      "not found"),
-    ("unknown-amp", lambda w: ["train-student", *TINY, "--labels", "4", "amp=fp8"], "amp"),
+    ("unknown-amp", lambda w: ["train-student", *TINY, "--labels", "4", "amp=fp8"], "amp=fp8: expected one of"),
+    ("size-not-two-numbers", lambda w: ["synthesize", *TINY, "--n", "4", "--teacher", str(w["teacher"]),
+                                        "--head", str(w["head"]), "synth.size=64"], "two whole numbers"),
+    ("pool-of-another-data-set", lambda w: ["synthesize", *TINY, "--teacher", str(w["teacher"]), "--head",
+                                            str(w["head"]), "data=folder", f"data.root={w['data_corrupt']}"],
+     "trained on data set"),
+    ("export-unknown-format", lambda w: ["export", str(w["synth"]), "--format", "yolo"], "expected one of coco"),
+    ("export-unfinished-synth", lambda w: ["export", str(w["synth_unfinished"]), "--format", "png"], "unfinished"),
 ]
 
 

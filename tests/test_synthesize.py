@@ -362,6 +362,7 @@ def test_resume_with_other_settings_is_refused(models: tuple[Path, Path], sample
     shutil.copytree(sampled, copy)
     e = _error(capsys, _args(models, "--n", "24", "synth.samples_per_shard=5", "--out", str(copy), "--resume"))
     assert "--resume:" in e and "another samples_per_shard" in e
+    assert (copy / "run.json").is_file() and (copy / "manifest.json").is_file()  # the refusal left the run finished
     assert main(_args(models, "--n", "24", "--out", str(copy), "--resume")) == 0  # same command: fine, nothing redone
     assert json.loads((copy / "manifest.json").read_text())["count"] == 24
 

@@ -118,6 +118,11 @@ def _pool_images(cfg: DictConfig, head: Any) -> tuple[ImageList, dict[str, Any]]
     from dtlabel.data import build_data, pseudo_label_pool
 
     bundle = build_data(cfg.data)
+    trained_on = head.meta.get("data")
+    if trained_on and trained_on != bundle.name:
+        raise ConfigError(f"--head was trained on data set '{trained_on}' but the configured data set is "
+                          f"'{bundle.name}': pass data={trained_on} data.root=... to label its pool, --images DIR "
+                          "to label a folder, or --n N to sample")
     held = [*(head.meta.get("label_ids") or []), *(head.meta.get("val_ids") or [])]
     pool, ids, excluded = pseudo_label_pool(bundle, held)
     log.info("synthesize: the label-free pool of %s, %d images (%d of the head's labeled / validation images left "
@@ -128,7 +133,10 @@ def _pool_images(cfg: DictConfig, head: Any) -> tuple[ImageList, dict[str, Any]]
 
 # ---------------------------------------------------------------------------------------------- shards
 def _prepare_folder(run: Run, plan: dict[str, Any]) -> None:
-    """Rank 0: the shard folder, no temporary leftovers, and the plan every restart must match."""
+    """Rank 0: the plan every restart must match (checked before anything is removed, so a refused
+    --resume leaves a finished run as it was), the shard folder, no temporary leftovers."""
+    if (run.path / PLAN).is_file():
+        _check_plan(run, plan)
     folder = run.path / SHARD_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for tmp in list(folder.glob(".*.tmp")) + list(run.path.glob(".*.tmp")):
@@ -194,9 +202,13 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     elif from_pool:
         images, source = _pool_images(cfg, head)
         n = len(images.names)
-    # real images default to the size the students train at (data.size), samples to the teacher's
-    size = (tuple(int(s) for s in sc.size) if sc.get("size") is not None else data_size(cfg.data)) if mode == "image" \
-        else tuple(teacher.image_size)
+    # real images default to the size the students train at (the head's data size, else data.size),
+    # samples to the teacher's
+    if mode == "image":
+        size = tuple(int(s) for s in (sc.size if sc.get("size") is not None else
+                                      head.meta.get("data_size") or data_size(cfg.data)))
+    else:
+        size = tuple(teacher.image_size)
     ds = int(sc.logits_downsample)
     logits_size = (max(1, size[0] // ds), max(1, size[1] // ds)) if ds > 0 else None
     base_seed = int(sc.base_seed) if sc.get("base_seed") is not None else int(cfg.seed)
@@ -217,9 +229,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     if rank == 0:
         _prepare_folder(run, plan)
     dist.barrier()  # the run folder, the shard folder and plan.json exist from here on
-    if rank == 0:
-        _check_plan(run, plan)
-    else:
+    if rank > 0:
         _check_plan(run, {k: v for k, v in plan.items() if k != "files"})
     shard_dir = run.path / SHARD_DIR
     mine = [j for j in range(len(ranges)) if j % world == rank]

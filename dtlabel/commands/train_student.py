@@ -74,10 +74,14 @@ def _drop_copies(synth: Any, source: LabeledSource, data_name: str, cfg: DictCon
                             {"labeled": label_ids, "validation": val_ids, "test": test_ids})
     leaked = sorted(set(hits["validation"]) | set(hits["test"]))
     if leaked and not bool(cfg.student.drop_leaked):
+        from_pool = "data" in (synth.manifest.get("source") or {})
+        fix = ("the synth set is this data set's pool, so this student's validation slice differs from the head's "
+               "(another --labels, student.val_size or seed): use the head's, or pass student.drop_leaked=true"
+               if from_pool else "synthesize the data set's pool (data=... without --images) or pass "
+               "student.drop_leaked=true to drop them")
         raise DataError(f"--synth {cfg.inputs.synth}: {len(hits['validation'])} pseudo-labeled samples are validation "
                         f"and {len(hits['test'])} are test images of {data_name} (e.g. sample {leaked[0]}); they would "
-                        "leak into model selection and the test score: synthesize the data set's pool (data=... "
-                        "without --images) or pass student.drop_leaked=true to drop them")
+                        f"leak into model selection and the test score: {fix}")
     if leaked:
         log.warning("dropped %d synth samples that are validation / test images of %s (student.drop_leaked)",
                     synth.exclude(leaked), data_name)

@@ -209,8 +209,8 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
                 torch.nn.utils.clip_grad_norm_(params, float(cfg.grad_clip))
             scaler.step(opt)
             scaler.update()
-            if cfg.schedule == "budget":
-                clock["fraction"] = (elapsed_before + time.time() - t_start) / max_seconds
+            if cfg.schedule == "budget":  # the slowest clock of all ranks, so every replica takes the same lr
+                clock["fraction"] = dist.all_reduce_max((elapsed_before + time.time() - t_start) / max_seconds)
             sched.step()
             task.after_step(step)
             done = step + 1

@@ -11,9 +11,16 @@ those of the labeled images would train on the same image twice, once with a wor
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from dtlabel.io import sha256_file
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    if a is None or b is None or str(a) == "None" or str(b) == "None":
+        return str(a) == str(b)
+    return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
 
 
 def matching_samples(synth: Any, source: Any, data_name: str, data_root: Any,
@@ -24,7 +31,7 @@ def matching_samples(synth: Any, source: Any, data_name: str, data_root: Any,
     files = origin.get("files") or []
     if not files:
         return {g: [] for g in groups}  # sampled images: nothing to match
-    same_data = origin.get("data") == data_name and str(origin.get("root")) == str(data_root)
+    same_data = origin.get("data") == data_name and _same_path(origin.get("root"), data_root)
     by_hash: dict[str, set[int]] = {}
     by_name: dict[str, set[int]] = {}
     for i, f in enumerate(files):

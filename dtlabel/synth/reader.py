@@ -14,6 +14,7 @@ real-image runs read alike (``s["source"]`` says which).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import tarfile
@@ -27,6 +28,8 @@ import torch
 from dtlabel import seeds
 from dtlabel.errors import ConfigError, DataError, RunError
 from dtlabel.io import sha256_file
+
+log = logging.getLogger(__name__)
 from dtlabel.synth.shards import MANIFEST, decode_group, iter_groups, key_of
 
 Sample = dict[str, Any]
@@ -137,7 +140,8 @@ class SynthSet:
                             continue
                         yield decode_group(group)
                 except (OSError, EOFError, tarfile.TarError, KeyError, ValueError, zlib.error) as exc:
-                    raise self.damaged(sh["name"], f"{type(exc).__name__}: {exc}") from None
+                    log.debug("reading %s failed", sh["name"], exc_info=True)  # the run's log keeps the traceback
+                    raise self.damaged(sh["name"], f"{type(exc).__name__}: {exc}") from exc
 
         if shuffle_buffer <= 0:
             yield from stream()

@@ -102,7 +102,9 @@ def load_teacher(path: str | Path, family: str = "auto", **kwargs: Any) -> Teach
     if family != "auto":
         cls = TEACHERS.get(family)
         resolve_model_root(path)  # the "folder not found" error before anything else
-        return cls(path, **kwargs)
+        teacher = cls(path, **kwargs)
+        warn_if_stopped_early(path)
+        return teacher
     return create_teacher(detect_family(path), path, **kwargs)
 
 

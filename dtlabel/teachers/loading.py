@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def warn_if_stopped_early(path: str | Path) -> None:
         info = read_json(desc, ModelError)
     except ModelError:
         return
-    if info.get("command") == "fit-teacher" and info.get("stopped_early"):
+    if info.get("command") == "fit-teacher" and info.get("stopped_early") and os.environ.get("RANK", "0") == "0":
         logger.warning("teacher %s stopped early (time budget) at step %s of %s; continue it with fit-teacher --resume "
                     "for the teacher it was planned to be", path, info.get("steps"), info.get("steps_planned", "?"))
 

@@ -1,0 +1,106 @@
+"""Which images to label next (``dtlabel suggest``): uncertain, and unlike what is labeled already.
+
+Uncertainty alone picks near-duplicates (the same hard scene five times), diversity alone picks
+outliers the head already gets right. Each candidate ``i`` gets a descriptor ``f_i``: every teacher
+feature map the head reads, averaged over its pixels, each map's vector L2-normalised so that no
+block dominates, concatenated and normalised again; and the head's uncertainty score ``u_i`` (mean
+of the top 10% of its per-pixel uncertainty, as synthesize scores images). Selection is k-center
+greedy weighted by uncertainty: starting from the labeled images as centres, take
+
+    argmax_i  d_i * (u_i + eps) ** uncertainty_weight,   d_i = min over centres c of |f_i - f_c|,
+
+add it to the centres, and repeat ``K`` times (ties: the lowest index). ``uncertainty_weight = 0``
+is pure k-center (coreset) selection; a large weight approaches uncertainty ranking. Deterministic:
+the features use the evaluation noise of each candidate's index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dtlabel import seeds
+from dtlabel.heads import image_score
+
+EPS = 1e-3
+
+
+@dataclass
+class Candidates:
+    """Descriptors ``(N, D)`` float64, uncertainty scores ``(N,)`` and the hard pseudo-labels of the
+    candidates at ``size`` (uint8, for the contact sheet), in the order of their names."""
+
+    names: list[str]
+    features: np.ndarray
+    uncertainty: np.ndarray
+    labels: list[np.ndarray]
+
+
+def describe(feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``{name: (B, C, h, w)}`` -> ``(B, D)``: per-map channel means, each map L2-normalised, concatenated,
+    normalised again (every map the head reads counts the same, whatever its channel count)."""
+    parts = [F.normalize(f.float().mean(dim=(2, 3)), dim=1) for _, f in sorted(feats.items())]
+    return F.normalize(torch.cat(parts, dim=1), dim=1)
+
+
+@torch.no_grad()
+def read_candidates(names: Sequence[str], read: Callable[[int], torch.Tensor], head: object, features: Callable,
+                    seed: int, size: tuple[int, int], batch_size: int, progress: bool = True) -> Candidates:
+    """Teacher descriptors, head uncertainty scores and pseudo-labels of every image ``read(i)``
+    (``(3, H, W)`` in [-1, 1] at ``size``); ``features(images, seeds) -> {name: map}``."""
+    descs, scores, labels = [], [], []
+    with tqdm(total=len(names), desc="suggest: reading", unit="img", disable=not progress) as bar:
+        for start in range(0, len(names), batch_size):
+            idx = list(range(start, min(len(names), start + batch_size)))
+            images = torch.stack([read(i) for i in idx])
+            f = features(images, [seeds.noise(seed, seeds.EVAL_STREAM, i) for i in idx])
+            probs, unc = head.predict(f, size)  # type: ignore[attr-defined]
+            descs.append(describe(f).double().cpu())
+            c = probs.shape[1]
+            scores.append(image_score(unc.float().cpu() / float(np.log(max(2, c)))).double())
+            labels += list(probs.argmax(1).to(torch.uint8).cpu().numpy())
+            bar.update(len(idx))
+    return Candidates(list(names), torch.cat(descs).numpy(), torch.cat(scores).numpy(), labels)
+
+
+@dataclass
+class Pick:
+    rank: int
+    index: int        # into the candidates
+    score: float      # distance x uncertainty weight at the time it was picked
+    distance: float   # to the nearest labeled or already picked image
+    uncertainty: float
+
+
+def weighted_k_center(features: np.ndarray, uncertainty: np.ndarray, centres: np.ndarray, k: int,
+                      uncertainty_weight: float = 1.0) -> list[Pick]:
+    """Greedy selection of ``k`` rows of ``features`` (module docstring); ``centres (M, D)`` are the
+    labeled images (``M`` may be 0: then the first pick is the most uncertain image)."""
+    n = len(features)
+    weight = (uncertainty + EPS) ** float(uncertainty_weight)
+    if len(centres):
+        dist = np.min(np.linalg.norm(features[:, None, :] - centres[None, :, :], axis=2), axis=1)
+    else:
+        dist = np.full(n, 1.0)
+    taken = np.zeros(n, dtype=bool)
+    picks: list[Pick] = []
+    for rank in range(1, k + 1):
+        value = np.where(taken, -np.inf, dist * weight)
+        i = int(np.argmax(value))  # first maximum: the lowest index on ties
+        picks.append(Pick(rank, i, float(value[i]), float(dist[i]), float(uncertainty[i])))
+        taken[i] = True
+        dist = np.minimum(dist, np.linalg.norm(features - features[i], axis=1))
+    return picks
+
+
+def why(pick: Pick, distances: np.ndarray, uncertainty: np.ndarray) -> str:
+    """One line a person reads: how far from what is labeled, how uncertain, against the pool."""
+    d_pct = 100.0 * float((distances <= pick.distance).mean())
+    u_pct = 100.0 * float((uncertainty <= pick.uncertainty).mean())
+    return (f"distance {pick.distance:.3f} to the nearest labeled/picked image (pool percentile {d_pct:.0f}), "
+            f"uncertainty {pick.uncertainty:.3f} (percentile {u_pct:.0f})")
