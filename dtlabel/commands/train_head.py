@@ -1,7 +1,7 @@
 """``dtlabel train-head --labels N --teacher DIR``: a few-label head on a frozen teacher's features.
 
 1. Check the inputs (head kind, --labels, --teacher, a labeled data set with a test split).
-2. Choose N training ids with ``choose_labels`` (``labels.json``) and a validation slice: the data
+2. Choose N training ids with ``choose_labels`` (or take ``label_ids``) (``labels.json``) and a validation slice: the data
    set's ``val`` split if it has one, else a seeded slice of the training pool disjoint from the N
    ids. Model selection uses only that slice, never the test split.
 3. Train: each step flips / scale-jitters image + mask at ``data.size``, resizes the image to the
@@ -25,10 +25,10 @@ import torch
 from omegaconf import DictConfig
 
 from dtlabel import dist
-from dtlabel.data import build_data, choose_labels, data_size
+from dtlabel.data import build_data, data_size
 from dtlabel.data.base import DataBundle, LabeledSource
 from dtlabel.data.check import check_before_training
-from dtlabel.data.splits import validation_ids
+from dtlabel.data.splits import labeled_ids, validation_ids
 from dtlabel.device import select_device
 from dtlabel.engine import train
 from dtlabel.errors import ConfigError, DataError
@@ -69,7 +69,8 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     hc = cfg.head
     kind = str(hc.kind)
     head_class(kind)  # unknown kind: one line with close matches, before anything else
-    n_labels = _int_option(cfg.get("labels"), "--labels N", "how many labeled training images to use")
+    n_labels = (_int_option(cfg.get("labels"), "--labels N", "how many labeled training images to use")
+                if cfg.get("label_ids") is None or cfg.get("labels") is not None else 0)  # 0: label_ids decides
     if not cfg.inputs.get("teacher"):
         raise ConfigError("train-head needs --teacher DIR (a fit-teacher run folder or a local diffusers model folder)")
     resolve_model_root(str(cfg.inputs.teacher))  # "not found" before reading any data
@@ -88,7 +89,8 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int, de
     bundle = build_data(cfg.data)
     source = _check_data(bundle)
     label_seed = int(hc.label_seed) if hc.get("label_seed") is not None else seed
-    label_ids = choose_labels(source, bundle.splits["train"], n_labels, label_seed)
+    label_ids = labeled_ids(source, bundle.splits["train"], n_labels or None, label_seed, cfg.get("label_ids"))
+    n_labels = len(label_ids)
     val_ids, val_origin = validation_ids(bundle.splits, label_ids, int(hc.val_size), label_seed)
     test_ids = list(bundle.splits["test"])
     check_before_training(source, {"labeled": label_ids, "validation": val_ids, "test": test_ids})

@@ -23,10 +23,10 @@ import torch
 from omegaconf import DictConfig
 
 from dtlabel import dist
-from dtlabel.data import build_data, choose_labels, data_size
+from dtlabel.data import build_data, data_size
 from dtlabel.data.base import DataBundle, LabeledSource
 from dtlabel.data.check import check_before_training
-from dtlabel.data.splits import validation_ids
+from dtlabel.data.splits import labeled_ids, validation_ids
 from dtlabel.device import select_device
 from dtlabel.engine import train
 from dtlabel.errors import ConfigError, DataError
@@ -99,7 +99,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     kwargs = smp_kwargs(sc)
     n_labels = cfg.get("labels")
     synth_dir = cfg.inputs.get("synth")
-    if n_labels is None and not synth_dir:
+    if n_labels is None and not synth_dir and cfg.get("label_ids") is None:
         raise ConfigError("train-student needs --labels N (real labels), --synth DIR (pseudo-labels) or both")
     if n_labels is not None:
         try:
@@ -147,10 +147,11 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
             raise DataError(f"--synth {cfg.inputs.synth}: no samples left (drop_uncertain={sc.drop_uncertain})")
     label_seed = int(sc.label_seed) if sc.get("label_seed") is not None else seed
     label_ids: list[str] = []
-    if n_labels is not None:
+    if n_labels is not None or cfg.get("label_ids") is not None:
         if not bundle.splits.get("train"):
             raise DataError(f"data set {bundle.name} has no training images for --labels; set data.splits.train")
-        label_ids = choose_labels(source, bundle.splits["train"], n_labels, label_seed)
+        label_ids = labeled_ids(source, bundle.splits["train"], n_labels, label_seed, cfg.get("label_ids"))
+        n_labels = len(label_ids)
     # the head that made the pseudo-labels saw its own labeled images: keep them out of validation too
     head_labels = list(((synth.manifest.get("head") or {}).get("label_ids") or [])) if synth is not None else []
     val_ids, val_origin = validation_ids(bundle.splits, [*label_ids, *head_labels], int(sc.val_size), label_seed)

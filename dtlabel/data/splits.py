@@ -57,6 +57,21 @@ def resolve_split(spec: object, ids: Sequence[str], root: Path | None, name: str
     return sorted(dict.fromkeys(wanted))
 
 
+def labeled_ids(source: LabeledSource, pool: Sequence[str], n: int | None, seed: int,
+                given: object = None) -> list[str]:
+    """The N labeled images of a run: the seeded :func:`choose_labels`, or ``given`` (``label_ids=FILE``
+    or a list: e.g. the ``label_ids.txt`` of a ``dtlabel suggest`` run, the old labels plus the
+    suggested ones), ids of the training ``pool``; ``n`` (``--labels``), if given, must match."""
+    if given is None:
+        if n is None:
+            raise ConfigError("--labels N or label_ids=FILE is needed: which labeled images to train on")
+        return choose_labels(source, pool, n, seed)
+    ids = resolve_split(given, pool, None, "label_ids")
+    if n is not None and int(n) != len(ids):
+        raise ConfigError(f"--labels {n}, but label_ids lists {len(ids)} images; pass one of the two")
+    return ids
+
+
 def class_presence(source: LabeledSource, ids: Sequence[str]) -> np.ndarray:
     """``(len(ids), num_classes)`` bool: which classes appear in each image's mask."""
     c = source.num_classes

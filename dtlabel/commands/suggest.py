@@ -1,0 +1,119 @@
+"""``dtlabel suggest --head H --n K [--images DIR | data=...] --out RUN``: which images to label next.
+
+Candidates are the images of ``--images DIR``, or the data set's training pool without the head's
+labeled and validation images (only their pixels are read, never their masks). Ranking:
+:mod:`dtlabel.suggest` (teacher-feature k-center greedy weighted by the head's uncertainty, starting
+from the head's labeled images). Writes ``suggestions.csv`` / ``suggestions.json`` (rank, name,
+score, distance, uncertainty, why), ``contact_sheet.png`` (the images with their current
+pseudo-labels) and, for a data set, ``label_ids.txt``: the head's labels plus the suggestions, for
+``train-head label_ids=RUN/label_ids.txt`` once they are labeled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from dtlabel.data import build_data
+from dtlabel.device import select_device
+from dtlabel.errors import ConfigError, DataError, ModelError
+from dtlabel.heads import load_head
+from dtlabel.heads.reading import TeacherFeatures, teacher_for_head
+from dtlabel.io import write_json, write_text
+from dtlabel.labeling import ImageList
+from dtlabel.report import overlay, save_grid
+from dtlabel.runs import Run, read_run
+from dtlabel.suggest import read_candidates, weighted_k_center, why
+
+log = logging.getLogger(__name__)
+
+
+def _tensor(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    if arr.shape[:2] != size:
+        arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BICUBIC), dtype=np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(127.5).sub(1)
+
+
+def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+    if not cfg.inputs.get("head"):
+        raise ConfigError("suggest needs --head DIR (a finished train-head run)")
+    if cfg.get("n") is None or int(cfg.n) < 1:
+        raise ConfigError("suggest needs --n K >= 1: how many images to suggest")
+    k = int(cfg.n)
+    desc = read_run(str(cfg.inputs.head), "train-head", "--head")
+    device = select_device(cfg.device)
+    head = load_head(str(cfg.inputs.head), device)
+    teacher_dir = cfg.inputs.get("teacher") or desc.get("teacher")
+    if not teacher_dir:
+        raise ConfigError("suggest needs --teacher DIR (the head's run does not record its teacher)")
+    teacher = teacher_for_head(str(teacher_dir), cfg.teacher, head, str(cfg.amp)).to(device)
+    if head.meta.get("teacher_hash") and teacher.teacher_hash() != head.meta["teacher_hash"]:
+        raise ModelError(f"--teacher {teacher_dir} is not the teacher the head was trained on; pass that teacher")
+    size = tuple(int(s) for s in (head.meta.get("data_size") or cfg.data.size))
+    bundle = build_data(cfg.data)
+    same_data = head.meta.get("data") in (None, bundle.name) and bundle.labeled is not None
+    labeled = list(head.meta.get("label_ids") or []) if same_data else []
+    if cfg.inputs.get("images"):
+        from dtlabel.data.folder import list_images
+
+        folder = Path(str(cfg.inputs.images)).expanduser()
+        files = list_images(folder) if folder.is_dir() else []
+        if not files:
+            raise DataError(f"--images {folder}: no images found (recursively)")
+        pool = ImageList.of_files(files, folder)
+    else:
+        if not same_data:
+            raise ConfigError(f"--head was trained on data set '{head.meta.get('data')}', not '{bundle.name}': pass "
+                              "its data=... or --images DIR")
+        held = set(labeled) | set(head.meta.get("val_ids") or [])
+        pool = ImageList.of_source(bundle.labeled, [i for i in bundle.splits.get("train", []) if i not in held])
+    if k > len(pool.names):
+        raise ConfigError(f"--n {k}: the pool holds only {len(pool.names)} candidate images")
+    feats = TeacherFeatures(teacher)
+    seed, bs = int(head.meta.get("seed", cfg.seed)), int(cfg.batch_size)
+    progress = not getattr(args, "quiet", False)
+    cands = read_candidates(pool.names, lambda i: _tensor(pool.read(i), size), head, feats, seed, size, bs, progress)
+    centres = np.zeros((0, cands.features.shape[1]))
+    if labeled:
+        have = read_candidates(labeled, lambda i: _tensor(bundle.labeled.image(labeled[i]), size), head, feats, seed,
+                               size, bs, progress)
+        centres = have.features
+    picks = weighted_k_center(cands.features, cands.uncertainty, centres, k, float(cfg.uncertainty_weight))
+    first = np.min(np.linalg.norm(cands.features[:, None] - centres[None], axis=2), axis=1) if len(centres) \
+        else np.ones(len(cands.names))
+    rows = [{"rank": p.rank, "name": cands.names[p.index], "score": round(p.score, 6), "distance": round(p.distance, 6),
+             "uncertainty": round(p.uncertainty, 6), "why": why(p, first, cands.uncertainty)} for p in picks]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(run.path / "suggestions.csv", buf.getvalue())
+    write_json(run.path / "suggestions.json", {"head": str(cfg.inputs.head), "k": k, "pool": len(cands.names),
+                                               "labeled_centres": len(centres), "suggestions": rows,
+                                               "uncertainty_weight": float(cfg.uncertainty_weight)})
+    if not cfg.inputs.get("images"):
+        write_text(run.path / "label_ids.txt", "".join(f"{i}\n" for i in sorted({*labeled, *(r["name"] for r in rows)})))
+    n_sheet = min(k, int(cfg.contact_sheet))
+    if n_sheet > 0:
+        c = head.num_classes
+        cells = []
+        for p in picks[:n_sheet]:
+            img = ((_tensor(pool.read(p.index), size).permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+            cells.append(overlay(img, cands.labels[p.index], c, 0.5))
+        save_grid(run.path / "contact_sheet.png", [cells[r:r + 6] for r in range(0, len(cells), 6)],
+                  class_names=head.meta.get("class_names"),
+                  suptitle=f"suggest: the first {n_sheet} of {k}, with the head's current pseudo-labels")
+    log.info("suggested %d of %d images (%d labeled images as centres): %s", k, len(cands.names), len(centres),
+             ", ".join(r["name"] for r in rows[:5]) + (" ..." if k > 5 else ""))
+    return {"k": k, "pool": len(cands.names), "suggestions": "suggestions.csv",
+            "label_ids": "label_ids.txt" if not cfg.inputs.get("images") else None,
+            "uncertainty_weight": float(cfg.uncertainty_weight)}

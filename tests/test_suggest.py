@@ -1,0 +1,81 @@
+"""dtlabel suggest: uncertain and diverse picks, deterministic outputs, and a label list train-head takes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dtlabel.cli import main
+
+TINY = ("--preset", "tiny", "-q")
+
+
+def test_weighted_k_center_prefers_new_regions_then_uncertainty() -> None:
+    from dtlabel.suggest import weighted_k_center
+
+    # three tight clusters; the labeled centre sits on cluster A; cluster C's members are the uncertain ones
+    a, b, c = np.array([0.0, 0.0]), np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    feats = np.stack([a, a + 0.01, b, b + 0.01, b - 0.01, c, c + 0.01])
+    unc = np.array([0.9, 0.9, 0.1, 0.1, 0.2, 0.8, 0.7])
+    picks = weighted_k_center(feats, unc, centres=a[None], k=2)
+    assert [p.index for p in picks] == [5, 4]  # C (far and uncertain), then B's most uncertain, never a near-duplicate
+    coreset = weighted_k_center(feats, unc, centres=a[None], k=2, uncertainty_weight=0.0)
+    cluster = {2: "B", 3: "B", 4: "B", 5: "C", 6: "C"}
+    assert sorted(cluster[p.index] for p in coreset) == ["B", "C"]  # pure diversity: one from each new cluster
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dtlabel.teachers.tiny import build_tiny_ddpm
+
+    root = tmp_path_factory.mktemp("suggest")
+    teacher = build_tiny_ddpm(root / "ddpm", sample_size=32)
+    assert main(["train-head", *TINY, "--labels", "8", "--teacher", str(teacher), "data.n_test=4",
+                 "--out", str(root / "head")]) == 0
+    return root / "head"
+
+
+def test_suggest_writes_a_ranking_a_sheet_and_labels_train_head_takes(head: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s1"
+    assert main(["suggest", *TINY, "--head", str(head), "--n", "5", "--out", str(out)]) == 0
+    rows = json.loads((out / "suggestions.json").read_text())["suggestions"]
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5] and all(r["why"].startswith("distance") for r in rows)
+    assert (out / "contact_sheet.png").is_file() and (out / "suggestions.csv").read_text().count("\n") == 6
+    old = json.loads((head / "labels.json").read_text())["ids"]
+    assert not {r["name"] for r in rows} & set(old)  # never an image that is labeled already
+    ids = (out / "label_ids.txt").read_text().split()
+    assert sorted(ids) == sorted([*old, *(r["name"] for r in rows)])
+    again = tmp_path / "s2"
+    assert main(["suggest", *TINY, "--head", str(head), "--n", "5", "--out", str(again)]) == 0
+    assert (again / "suggestions.csv").read_bytes() == (out / "suggestions.csv").read_bytes()
+    teacher = json.loads((head / "run.json").read_text())["teacher"]
+    nxt = tmp_path / "head13"
+    assert main(["train-head", *TINY, "label_ids=" + str(out / "label_ids.txt"), "--teacher", teacher,
+                 "data.n_test=4", "--out", str(nxt)]) == 0
+    labels = json.loads((nxt / "labels.json").read_text())
+    assert labels["ids"] == sorted(ids) and labels["n"] == 13
+
+
+def test_suggest_input_errors(head: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    from dtlabel.teachers.tiny import build_tiny_ddpm
+
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli("suggest", *TINY, "--head", head, "--n", "2", "--images", tmp_path / "empty", "--out", tmp_path / "a")
+    assert code == 2 and "no images found" in err
+    code, _, err = cli("suggest", *TINY, "--head", head, "--n", "100000", "--out", tmp_path / "b")
+    assert code == 2 and "holds only" in err
+    other = build_tiny_ddpm(tmp_path / "other", sample_size=32, seed=3)
+    code, _, err = cli("suggest", *TINY, "--head", head, "--teacher", other, "--n", "2", "--out", tmp_path / "c")
+    assert code == 2 and "not the teacher the head was trained on" in err
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(head, unfinished)
+    (unfinished / "run.json").unlink()
+    code, _, err = cli("suggest", *TINY, "--head", unfinished, "--n", "2", "--out", tmp_path / "d")
+    assert code == 2 and "unfinished" in err
+    code, _, err = cli("train-head", *TINY, "--labels", "3", "label_ids=[l00001,l00002]", "--teacher", other,
+                       "--out", tmp_path / "e")
+    assert code == 2 and "pass one of the two" in err
