@@ -138,6 +138,8 @@ def test_bad_scale(cli, tmp_path: Path) -> None:
 
 def test_bad_fit_size(cli, tmp_path: Path) -> None:
     code, _, err = cli(*ARGS, "fit.size=[16,16,3]", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "fit.size=[16,16,3]: expected [H,W], two whole numbers" in err
+    code, _, err = cli(*ARGS, "fit.size=[4,4]", "--out", tmp_path / "r2")
     assert code == 2 and err.count("\n") == 1 and "fit.size must be [H, W] with both >= 8" in err
 
 

@@ -70,7 +70,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     kind = str(hc.kind)
     head_class(kind)  # unknown kind: one line with close matches, before anything else
     n_labels = (_int_option(cfg.get("labels"), "--labels N", "how many labeled training images to use")
-                if cfg.get("label_ids") is None or cfg.get("labels") is not None else 0)  # 0: label_ids decides
+                if cfg.get("label_ids") is None or cfg.get("labels") is not None else None)  # None: label_ids decides
     if not cfg.inputs.get("teacher"):
         raise ConfigError("train-head needs --teacher DIR (a fit-teacher run folder or a local diffusers model folder)")
     resolve_model_root(str(cfg.inputs.teacher))  # "not found" before reading any data
@@ -82,14 +82,14 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         dist.cleanup()
 
 
-def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int, device: torch.device,
+def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int | None, device: torch.device,
          args: argparse.Namespace) -> dict[str, Any]:
     seed = int(cfg.seed)
     size = data_size(cfg.data)
     bundle = build_data(cfg.data)
     source = _check_data(bundle)
     label_seed = int(hc.label_seed) if hc.get("label_seed") is not None else seed
-    label_ids = labeled_ids(source, bundle.splits["train"], n_labels or None, label_seed, cfg.get("label_ids"))
+    label_ids = labeled_ids(source, bundle.splits["train"], n_labels, label_seed, cfg.get("label_ids"))
     n_labels = len(label_ids)
     val_ids, val_origin = validation_ids(bundle.splits, label_ids, int(hc.val_size), label_seed)
     test_ids = list(bundle.splits["test"])
