@@ -80,7 +80,8 @@ class ImageList:
         return cls(list(ids), lambda i: source.image(ids[i]), lambda i: source.file(ids[i]))
 
 
-def _resized(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resized(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(H, W, 3) uint8`` at ``size = (h, w)`` (bicubic; unchanged if it is that size already)."""
     if arr.shape[:2] != tuple(size):
         arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BICUBIC), dtype=np.uint8)
     return arr
@@ -101,7 +102,7 @@ def image_batch(teacher: Any, head: Head, images: ImageList, idx: list[int], bas
     arrays, kept, skipped = [], [], []
     for i in idx:
         try:
-            arrays.append(_resized(images.read(i), size))
+            arrays.append(resized(images.read(i), size))
             kept.append(i)
         except DataError as exc:
             if not skip_corrupt:

@@ -19,28 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
-from PIL import Image
 
 from dtlabel.data import build_data
+from dtlabel.data.transforms import to_tensor
 from dtlabel.device import select_device
 from dtlabel.errors import ConfigError, DataError, ModelError
 from dtlabel.heads import load_head
 from dtlabel.heads.reading import TeacherFeatures, teacher_for_head
 from dtlabel.io import write_json, write_text
-from dtlabel.labeling import ImageList
+from dtlabel.labeling import ImageList, resized
 from dtlabel.report import overlay, save_grid
 from dtlabel.runs import Run, read_run
 from dtlabel.suggest import read_candidates, weighted_k_center, why
 
 log = logging.getLogger(__name__)
-
-
-def _tensor(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    if arr.shape[:2] != size:
-        arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BICUBIC), dtype=np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(127.5).sub(1)
 
 
 def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
@@ -81,10 +74,10 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     feats = TeacherFeatures(teacher)
     seed, bs = int(head.meta.get("seed", cfg.seed)), int(cfg.batch_size)
     progress = not getattr(args, "quiet", False)
-    cands = read_candidates(pool.names, lambda i: _tensor(pool.read(i), size), head, feats, seed, size, bs, progress)
+    cands = read_candidates(pool.names, lambda i: to_tensor(resized(pool.read(i), size)), head, feats, seed, size, bs, progress)
     centres = np.zeros((0, cands.features.shape[1]))
     if labeled:
-        have = read_candidates(labeled, lambda i: _tensor(bundle.labeled.image(labeled[i]), size), head, feats, seed,
+        have = read_candidates(labeled, lambda i: to_tensor(resized(bundle.labeled.image(labeled[i]), size)), head, feats, seed,
                                size, bs, progress)
         centres = have.features
     picks = weighted_k_center(cands.features, cands.uncertainty, centres, k, float(cfg.uncertainty_weight))
@@ -107,8 +100,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         c = head.num_classes
         cells = []
         for p in picks[:n_sheet]:
-            img = ((_tensor(pool.read(p.index), size).permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
-            cells.append(overlay(img, cands.labels[p.index], c, 0.5))
+            cells.append(overlay(resized(pool.read(p.index), size), cands.labels[p.index], c, 0.5))
         save_grid(run.path / "contact_sheet.png", [cells[r:r + 6] for r in range(0, len(cells), 6)],
                   class_names=head.meta.get("class_names"),
                   suptitle=f"suggest: the first {n_sheet} of {k}, with the head's current pseudo-labels")
