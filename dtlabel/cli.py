@@ -12,6 +12,7 @@ import errno
 import importlib
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -94,8 +95,14 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("export", "export:run", "write a synthesize run's pseudo-labels for an annotation tool (coco, png, cvat, labelstudio)",
             (Option(("synth",), "inputs.synth", {"metavar": "RUN", "nargs": "?", "help": "finished synthesize run folder"}),
              Option(("--format",), "format", {"help": "coco | png | cvat | labelstudio"}))),
-    Command("demo", "demo:run", "the whole chain on the embedded default data, ending with a results table",
-            (Option(("--labels",), "labels", {"type": int, "metavar": "N", "help": "number of labeled images"}),)),
+    Command("demo", "demo:run", "the whole method on the embedded default data, ending with a results table and "
+            "report.html",
+            (Option(("--labels",), "labels", {"type": int, "metavar": "N", "help": "number of labeled images"}),
+             Option(("--fit-teacher",), "demo.fit_teacher", {"action": "store_true", "default": None,
+                                                             "help": "train the teacher instead of the shipped one"}))),
+    Command("report", "report:run", "a self-contained HTML report (results, predictions, pictures, commands) of runs",
+            (Option(("runs",), None, {"metavar": "RUN", "nargs": "*", "help": "finished run folders (a demo folder: "
+                                      "all its stages)"}),)),
 )}
 
 
@@ -279,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.time()
         descriptor = fn(run, cfg, ns) or {}
         descriptor.setdefault("seconds", round(time.time() - t0, 2))
+        # the exact command, for reports (what a person would retype; --resume says it was continued)
+        descriptor.setdefault("command_line", shlex.join(["dtlabel", *argv]))
         run.finish(**descriptor)
         log.info("done in %.1fs: %s", time.time() - t0, run.path)
         return 0

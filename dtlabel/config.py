@@ -100,6 +100,10 @@ NULLABLE_TYPES: dict[str, str] = {
     "label_seed": "integer", "hidden": "integer", "epoch_steps": "integer", "base_seed": "integer",
     "sample_steps": "integer", "labels": "integer", "n": "integer", "size": "size",
 }
+# keys whose null means "off / automatic" in every preset, even where a preset sets a value
+# (head.teacher_batch=null: the whole batch in one teacher pass)
+NULL_MEANS_AUTO = {"teacher_batch", "micro_batch", "max_minutes", "keep_every", "epoch_steps", "label_seed", "lr",
+                   "weight_decay", "hidden", "size"}
 
 
 def _kind(value: object) -> str | None:
@@ -147,7 +151,8 @@ def check_value_types(reference: DictConfig, overrides: Sequence[str]) -> None:
 
     ``reference`` is the config composed without the value overrides: a key keeps the type of its
     default there, or, where the default is null, the type :data:`NULLABLE_TYPES` names; ``null``
-    itself is accepted where the default is null or a list (``head.scale=null`` turns jitter off).
+    itself is accepted where the default is null or a list (``head.scale=null`` turns jitter off), and
+    for the keys of :data:`NULL_MEANS_AUTO` (``head.teacher_batch=null`` under the cpu preset).
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -157,7 +162,8 @@ def check_value_types(reference: DictConfig, overrides: Sequence[str]) -> None:
         key, value = parsed.key_or_group, parsed.value()
         default = OmegaConf.select(reference, key, default=None, throw_on_missing=False)
         kind = _kind(default) if default is not None else NULLABLE_TYPES.get(key.rsplit(".", 1)[-1])
-        if kind is None or (value is None and (default is None or kind in ("integers", "numbers"))):
+        auto = key.rsplit(".", 1)[-1] in NULL_MEANS_AUTO
+        if kind is None or (value is None and (default is None or auto or kind in ("integers", "numbers"))):
             continue  # null stays allowed where the default is null, and for lists (scale=null: off)
         if not _fits(value, kind):
             raw = ov.split("=", 1)[1]

@@ -1,22 +1,25 @@
-"""``dtlabel demo``: the whole chain on the embedded default data, then a results table.
+"""``dtlabel demo``: the whole method on the embedded default data, then a results table and a report.
 
-Stages, each an ordinary dtlabel command run in its own process with its own run folder inside the
+Stages, each an ordinary dtlabel command (run in this process) with its own run folder inside the
 demo's folder (so each has its config, log and ``run.json``, and can be inspected or reused):
 
-1. ``unlabeled/``: the default data's unlabeled pool written out as PNG files (the "pile of
-   unlabeled photos" a user would have);
-2. ``teacher/``: ``fit-teacher`` on that pool;
+1. ``teacher``: the shipped default-data teacher (``models/default``, see its model card), or with
+   ``--fit-teacher`` a ``fit-teacher`` run on the default data's label-free pool;
+2. ``pretrain/``: ``pretrain``: the student's backbone regresses the teacher's features (no labels);
 3. ``head/``: ``train-head --labels N`` on the teacher's features;
-4. ``synth/``: ``synthesize --images unlabeled/``: the head's pseudo-labels of the real unlabeled
-   images encoded through the teacher (the source that works with a CPU-trained teacher);
-5. ``student/``: ``train-student --synth synth/ --labels N`` (pseudo-labels + the N real labels);
-6. ``scratch/``: ``train-student --labels N`` (the baseline: the same student on the N labels only);
-7. ``eval-student/``: ``dtlabel eval --student student/`` (overlays, per-class bars, confusion);
-8. ``results.md`` / ``results.png``: test mIoU and per-class IoU of head, student and scratch.
+4. ``synth/``: ``synthesize data=default``: the head's pseudo-labels of the label-free pool (never
+   the labeled, validation or test images);
+5. ``student/``: ``train-student --synth synth/ --labels N --backbone pretrain/``;
+6. ``finetune/``: ``train-student --labels N --backbone pretrain/`` (pretrained, then fine-tuned);
+7. ``scratch/``: ``train-student --labels N``: the baseline, the same student, labels and steps;
+8. ``eval-*/``: ``dtlabel eval`` of each model on the test split (metrics, overlays, confusion);
+9. ``results.md`` / ``results.png`` / ``report.html``: the table, per-class bars, the prediction
+   grid and every stage's pictures, wall time and exact command.
 
-A stage whose folder already holds ``run.json`` is skipped, so ``dtlabel demo --resume --out DIR``
-continues an interrupted demo where it stopped; an unfinished stage continues with its own
-``--resume``. The stage settings live in ``configs/demo/<preset>.yaml``.
+The three students share ``demo.students`` (recipe, steps, batch); each adds only its inputs. A stage
+whose folder already holds ``run.json`` is skipped, so ``--resume`` continues an interrupted demo
+where it stopped; an unfinished stage continues with its own ``--resume``. Settings live in
+``configs/demo/<preset>.yaml``; ``demo.minutes`` holds the measured time of each stage for the ETA.
 """
 
 from __future__ import annotations
@@ -24,26 +27,40 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
+import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
-from tqdm import tqdm
 
-from dtlabel.data import build_data
 from dtlabel.errors import ConfigError, RunError
-from dtlabel.io import atomic_dir, read_json, write_json, write_text
+from dtlabel.html_report import collect_runs, write_report
+from dtlabel.io import read_json, write_json, write_text
 from dtlabel.report import results_plot, results_table
 from dtlabel.runs import DESCRIPTOR, Run
+from dtlabel.teachers import resolve_model_root
 
 log = logging.getLogger(__name__)
 
-ROWS = (("head", "head (teacher features)"), ("student", "student (pseudo-labels + real labels)"),
-        ("scratch", "scratch student (real labels only)"))
+# (key, row label, eval folder); the order of the results table
+ROWS = (("head", "head (teacher features)", "eval-head"),
+        ("student", "student (pretrained backbone, pseudo-labels + real labels)", "eval-student"),
+        ("finetune", "fine-tuned (pretrained backbone, real labels only)", "eval-finetune"),
+        ("scratch", "scratch student (real labels only)", "eval-scratch"))
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Stage:
+    """One dtlabel command of the chain: ``folder`` under the demo's run folder, ``argv`` after
+    ``dtlabel``; ``folder`` None for the shipped teacher (nothing to run)."""
+
+    name: str
+    folder: str | None
+    argv: list[str]
 
 
 def _list(cfg: DictConfig, key: str) -> list[str]:
@@ -55,47 +72,107 @@ def _list(cfg: DictConfig, key: str) -> list[str]:
     return [str(v) for v in value]
 
 
-def _stage(run: Run, name: str, argv: list[str], common: list[str], quiet: bool) -> Path:
-    """Run ``dtlabel <argv> --out RUN/name`` in a child process unless it already finished."""
-    out = run.path / name
-    if (out / DESCRIPTOR).is_file():
-        log.info("[%s] already done: %s", name, out)
-        return out
-    cmd = [sys.executable, "-m", "dtlabel.cli", *argv, *common, "--out", str(out)]
+def shipped_teacher(path: str) -> Path:
+    """The shipped teacher folder: ``path`` as given when it exists, else relative to the repository."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = REPO_ROOT / p
+    if not p.is_dir():
+        raise ConfigError(f"demo.teacher_model {path}: no teacher folder there; run dtlabel demo --fit-teacher "
+                          "to train one (see configs/demo/), or point demo.teacher_model at a teacher folder")
+    resolve_model_root(str(p))
+    return p
+
+
+def plan(run: Run, cfg: DictConfig, labels: int) -> list[Stage]:
+    """The chain's stages in order (the teacher first: shipped, or fitted with ``demo.fit_teacher``)."""
+    dc = cfg.demo
+    data = ["data=default", f"data.size=[{int(cfg.data.size[0])},{int(cfg.data.size[1])}]", *_list(dc, "data")]
+    if bool(dc.fit_teacher):
+        teacher = str(run.path / "teacher")
+        stages = [Stage("fit-teacher", "teacher", ["fit-teacher", *data, *_list(dc, "teacher")])]
+    else:
+        teacher = str(shipped_teacher(str(dc.teacher_model)))
+        stages = [Stage("teacher", None, [])]
+    pre, head, synth = (str(run.path / f) for f in ("pretrain", "head", "synth"))
+    students = ["train-student", "--labels", str(labels), *data, *_list(dc, "students")]
+    stages += [
+        Stage("pretrain", "pretrain", ["pretrain", "--teacher", teacher, *data, *_list(dc, "pretrain")]),
+        Stage("train-head", "head", ["train-head", "--labels", str(labels), "--teacher", teacher, *data,
+                                     *_list(dc, "head")]),
+        Stage("synthesize", "synth", ["synthesize", "--teacher", teacher, "--head", head, *data, *_list(dc, "synth")]),
+        Stage("student", "student", [*students, "--synth", synth, "--backbone", pre, *_list(dc, "student")]),
+        Stage("finetune", "finetune", [*students, "--backbone", pre]),
+        Stage("scratch", "scratch", students),
+    ]
+    for key, _, folder in ROWS:
+        model = ["--head", head] if key == "head" else ["--student", str(run.path / key)]
+        stages.append(Stage(folder, folder, ["eval", *model, *data]))
+    return stages
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(max(0.0, seconds))), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+class Progress:
+    """One line per stage: ``[3/11] train-head: about 2:10, demo 8:40 left``, from the measured
+    minutes of ``demo.minutes`` scaled by how fast this machine ran the stages so far."""
+
+    def __init__(self, stages: list[Stage], minutes: dict[str, float]) -> None:
+        self.stages = stages
+        self.expect = [60.0 * float(minutes.get(s.folder or s.name, 0.0)) for s in stages]
+        self.spent = 0.0
+        self.planned_done = 0.0
+
+    def _speed(self) -> float:
+        return self.spent / self.planned_done if self.planned_done > 0 else 1.0
+
+    def start(self, k: int, shown: str) -> None:
+        speed = self._speed()
+        this, left = self.expect[k] * speed, sum(self.expect[k:]) * speed
+        eta = f": about {_clock(this)}, demo {_clock(left)} left" if left > 0 else ""
+        print(f"[{k + 1}/{len(self.stages)}] {self.stages[k].name}{eta}\n    {shown}", file=sys.stderr, flush=True)
+
+    def done(self, k: int, seconds: float) -> None:
+        self.spent += seconds
+        self.planned_done += self.expect[k]
+        print(f"[{k + 1}/{len(self.stages)}] {self.stages[k].name} done in {_clock(seconds)}", file=sys.stderr,
+              flush=True)
+
+    def skip(self, k: int, where: str) -> None:
+        print(f"[{k + 1}/{len(self.stages)}] skipping finished stage {self.stages[k].name} ({where})",
+              file=sys.stderr, flush=True)
+
+
+def _run_stage(run: Run, stage: Stage, common: list[str], quiet: bool) -> float:
+    """Run ``dtlabel <argv> --out RUN/folder`` (in this process: a stage pays no interpreter start and
+    no imports; it writes its own run folder and log exactly as from the shell); returns its wall time."""
+    from dtlabel.cli import main as dtlabel_main
+
+    out = run.path / str(stage.folder)
+    argv = [*stage.argv, *common, "--out", str(out)]
     if out.is_dir() and any(out.iterdir()):
-        cmd.append("--resume")
+        argv.append("--resume")
     if quiet:
-        cmd.append("-q")
-    shown = " ".join(["dtlabel", *cmd[3:]])
-    log.info("[%s] %s", name, shown)
+        argv.append("-q")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    root = logging.getLogger()
+    mine = root.handlers[:]  # the demo's log handlers step aside: the stage logs to its own run folder
+    for h in mine:
+        root.removeHandler(h)
     t0 = time.time()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    code = subprocess.call(cmd, env=env)
+    try:
+        code = dtlabel_main(argv)
+    finally:
+        for h in mine:
+            root.addHandler(h)
     if code != 0:
-        raise RunError(f"demo stage '{name}' failed (exit {code}); see {out}; fix it and rerun with --resume --out {run.path}")
-    log.info("[%s] done in %.0fs", name, time.time() - t0)
-    return out
-
-
-def _export_unlabeled(run: Run, cfg: DictConfig, count: int, quiet: bool) -> Path:
-    """Write ``count`` images of the default data's unlabeled pool as PNG files (atomically)."""
-    target = run.path / "unlabeled"
-    if target.is_dir():
-        return target
-    bundle = build_data(cfg.data)
-    pool = bundle.unlabeled
-    if pool is None or len(pool) == 0:
-        raise ConfigError("demo needs a data set with an unlabeled pool")
-    ids = list(pool.ids)[: count if count > 0 else None]
-    h, w = (int(s) for s in cfg.data.size)
-    with atomic_dir(target) as tmp:
-        for id_ in tqdm(ids, desc="unlabeled images", disable=quiet):
-            img = Image.fromarray(pool.image(id_))
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.BICUBIC)
-            img.save(tmp / f"{id_}.png")
-    log.info("wrote %d unlabeled images to %s", len(ids), target)
-    return target
+        raise RunError(f"demo stage '{stage.folder}' failed (exit {code}); see {out}; fix it and rerun with "
+                       f"--resume --out {run.path}")
+    return time.time() - t0
 
 
 def _metrics(folder: Path) -> dict[str, Any]:
@@ -109,34 +186,45 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--labels {labels}: must be >= 1")
     quiet = bool(getattr(args, "quiet", False))
     common = [f"--seed={int(cfg.seed)}", f"--device={cfg.device}"]
-    data = [f"data.size=[{int(cfg.data.size[0])},{int(cfg.data.size[1])}]"]
     t0 = time.time()
+    stages = plan(run, cfg, labels)
+    minutes = OmegaConf.to_container(dc.minutes, resolve=True) if dc.get("minutes") else {}
+    progress = Progress(stages, minutes)
+    for k, stage in enumerate(stages):
+        if stage.folder is None:
+            progress.skip(k, f"shipped: {stage_teacher(stages)}")
+            continue
+        out = run.path / stage.folder
+        if (out / DESCRIPTOR).is_file():
+            progress.skip(k, str(out))
+            continue
+        progress.start(k, shlex.join(["dtlabel", *stage.argv]))
+        progress.done(k, _run_stage(run, stage, common, quiet))
 
-    images = _export_unlabeled(run, cfg, int(dc.unlabeled), quiet)
-    teacher = _stage(run, "teacher", ["fit-teacher", "--images", str(images), *data, *_list(dc, "teacher")],
-                     common, quiet)
-    head = _stage(run, "head", ["train-head", "--labels", str(labels), "--teacher", str(teacher), *data,
-                                *_list(dc, "head")], common, quiet)
-    synth = _stage(run, "synth", ["synthesize", "--images", str(images), "--teacher", str(teacher), "--head", str(head),
-                                  *data, *_list(dc, "synth")], common, quiet)
-    student = _stage(run, "student", ["train-student", "--synth", str(synth), "--labels", str(labels), *data,
-                                      *_list(dc, "student")], common, quiet)
-    scratch = _stage(run, "scratch", ["train-student", "--labels", str(labels), *data, *_list(dc, "scratch")],
-                     common, quiet)
-    _stage(run, "eval-student", ["eval", "--student", str(student), *data], common, quiet)
-
-    folders = {"head": head, "student": student, "scratch": scratch}
-    rows = [(label, _metrics(folders[key])) for key, label in ROWS]
+    rows = [(label, _metrics(run.path / folder)) for _, label, folder in ROWS]
     class_names = list(rows[0][1]["per_class_iou"].keys())
     table = results_table(rows, class_names)
     write_text(run.path / "results.md", (
         f"# dtlabel demo results (default data, {labels} labels, test split of "
-        f"{rows[0][1].get('n_test', '?')} images, IoU in %)\n\n{table}\n"))
+        f"{rows[0][1].get('n_images', '?')} images, IoU in %)\n\n{table}\n"))
     results_plot(run.path / "results.png", rows, class_names)
-    write_json(run.path / "results.json", {key: {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"],
-                                                 "per_class_iou": m["per_class_iou"]}
-                                           for (key, _), (_, m) in zip(ROWS, rows)})
-    print(f"\ndtlabel demo: test results on the default data ({labels} labels)\n\n{table}\n", flush=True)
-    log.info("results: %s, %s", run.path / "results.md", run.path / "results.png")
+    results = {key: {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"], "per_class_iou": m["per_class_iou"]}
+               for (key, _, _), (_, m) in zip(ROWS, rows)}
+    write_json(run.path / "results.json", results)
+    runs = collect_runs([run.path / s.folder for s in stages if s.folder] + ([] if bool(dc.fit_teacher) else
+                                                                            [Path(stage_teacher(stages))]))
+    labels_of = {str(run.path / folder): label for _, label, folder in ROWS}
+    report = write_report(run.path / "report.html", runs, title=f"dtlabel demo: default data, {labels} labels",
+                          row_labels=labels_of, grid_images=int(dc.get("grid_images", 6)), device=str(cfg.device),
+                          progress=not quiet)
+    print(f"\ndtlabel demo: test results on the default data ({labels} labels)\n\n{table}\n\n"
+          f"report: {report}", flush=True)
+    log.info("results: %s, %s, %s", run.path / "results.md", run.path / "results.png", report)
     return {"labels": labels, "minutes": round((time.time() - t0) / 60, 2),
-            **{f"{key}_miou": m["miou"] for (key, _), (_, m) in zip(ROWS, rows)}}
+            **{f"{key}_miou": results[key]["miou"] for key, _, _ in ROWS}}
+
+
+def stage_teacher(stages: list[Stage]) -> str:
+    """The teacher folder the stages read (the ``--teacher`` of the pretrain stage)."""
+    argv = next(s.argv for s in stages if s.name == "pretrain")
+    return argv[argv.index("--teacher") + 1]

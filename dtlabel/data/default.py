@@ -98,7 +98,7 @@ def _colour_pair(rng: np.random.Generator, cls: int | None) -> tuple[np.ndarray,
         c2 = c1 * rng.uniform(0.25, 0.6) if rng.random() < 0.7 else c1 + 0.5 * (1 - c1)
     else:
         c2 = _random_colour(rng, cls)
-    contrast = rng.uniform(0.45, 1.0)
+    contrast = rng.uniform(0.6, 1.0)
     return c1, (c1 + (c2 - c1) * contrast).astype(np.float32)
 
 
@@ -241,7 +241,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> FloatArray:
         grid = rng.random((gh, gw, 3), dtype=np.float32) - 0.5
         img = img + cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC) * rng.uniform(0.2, 0.5)
     img = np.ascontiguousarray(img, dtype=np.float32)
-    if rng.random() < 0.6:  # faint texture of the kinds objects use
+    if rng.random() < 0.3:  # faint texture of the kinds objects use
         a = rng.uniform(0, 2 * math.pi)
         xs = np.arange(w, dtype=np.float32)[None, :]
         ys = np.arange(h, dtype=np.float32)[:, None]
@@ -255,7 +255,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> FloatArray:
             t = _checker(xr, yr, scale / 2 + 0.5)
         else:
             t = _value_noise(rng, (h, w), rng.uniform(1.0, 3.0))
-        img = img + (t[..., None] - 0.5) * _random_colour(rng) * rng.uniform(0.1, 0.35)
+        img = img + (t[..., None] - 0.5) * _random_colour(rng) * rng.uniform(0.05, 0.2)
     return img
 
 
@@ -267,7 +267,7 @@ def _clutter(rng: np.random.Generator, img: FloatArray) -> None:
     def fixed(p: np.ndarray) -> np.ndarray:  # output pixel coords (centre at i+0.5) -> cv2
         return np.round((p - 0.5) * one).astype(np.int32).reshape(-1, 1, 2)
 
-    n = int(rng.integers(0, 3 + int(8 * h * w / 4096) + 1))
+    n = int(rng.integers(0, 2 + int(4 * h * w / 4096) + 1))
     for _ in range(n):
         col = tuple(float(c) for c in _random_colour(rng))
         kind = rng.random()
@@ -305,13 +305,13 @@ def _photometric(rng: np.random.Generator, img: FloatArray) -> np.ndarray:
     xx = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
     ramp = 1.0 + rng.uniform(0.0, 0.35) * (xx * math.cos(a) + yy * math.sin(a))
     img = np.clip(img * ramp[..., None], 0.0, 1.0) ** rng.uniform(0.75, 1.35)
-    if rng.random() < 0.6:
-        sigma = rng.uniform(0.3, 1.0) * min(h, w) / 64.0
+    if rng.random() < 0.35:
+        sigma = rng.uniform(0.3, 0.7) * min(h, w) / 64.0
         img = cv2.GaussianBlur(img, (0, 0), sigmaX=max(sigma, 0.3))
-    noise_sigma = rng.uniform(0.0, 8.0) / 255.0
+    noise_sigma = rng.uniform(0.0, 5.0) / 255.0
     img = img + rng.normal(0.0, noise_sigma, size=img.shape).astype(np.float32)
     out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if rng.random() < 0.3:
+    if rng.random() < 0.15:
         quality = int(rng.integers(40, 91))
         ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
         if ok:
@@ -345,9 +345,9 @@ def render_scene(seed: int, size: tuple[int, int] = (64, 64)) -> tuple[np.ndarra
     lab = np.zeros((hh, ww), dtype=np.uint8)
 
     short = min(h, w)
-    for _ in range(int(rng.choice([1, 2, 3, 4, 5], p=[0.15, 0.25, 0.25, 0.2, 0.15]))):
+    for _ in range(int(rng.choice([1, 2, 3, 4], p=[0.2, 0.35, 0.3, 0.15]))):
         cls = int(rng.integers(1, len(CLASS_NAMES)))
-        r = short * rng.uniform(0.15, 0.36) * _SIZE_MULT[cls]
+        r = short * rng.uniform(0.18, 0.38) * _SIZE_MULT[cls]
         cx, cy = rng.uniform(-0.05, 1.05) * w, rng.uniform(-0.05, 1.05) * h
         polys, holes, params = _shape_polygons(rng, cls, r)
         c1, c2 = _colour_pair(rng, cls)
@@ -367,7 +367,7 @@ def render_scene(seed: int, size: tuple[int, int] = (64, 64)) -> tuple[np.ndarra
             continue
         # keep objects visible: push their colours away from a too similar background
         under = bg[y0 // _SS : y1 // _SS + 1, x0 // _SS : x1 // _SS + 1].reshape(-1, 3).mean(0)
-        if np.abs(0.5 * (c1 + c2) - under).sum() < 0.35:
+        if np.abs(0.5 * (c1 + c2) - under).sum() < 0.6:
             if under.mean() < 0.5:
                 c1, c2 = c1 + (1 - c1) * 0.6, c2 + (1 - c2) * 0.6
             else:
