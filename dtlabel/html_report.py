@@ -96,14 +96,9 @@ def collect_runs(folders: Sequence[str | Path]) -> list[RunInfo]:
     return out
 
 
-def _img(path: Path, base: Path | None, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    try:
-        rel = path.resolve().relative_to(base.resolve()) if base is not None else path
-    except ValueError:
-        rel = path
-    return (f'<figure><img alt="{html.escape(alt)}" data-file="{html.escape(str(rel))}" '
-            f'src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>')
+def _img(path: Path, alt: str) -> str:
+    """An embedded picture of a run folder, tagged ``data-file="<run name>/<file>"``."""
+    return _png_img(path.read_bytes(), f"{path.parent.name}/{path.name}", alt)
 
 
 def _png_img(png: bytes, name: str, alt: str) -> str:
@@ -216,7 +211,6 @@ def write_report(out: str | Path, runs: Sequence[RunInfo], title: str, row_label
     from dtlabel.report import results_plot
 
     out = Path(out)
-    base = out.parent
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
              f"<p>dtlabel {__version__}, written {time.strftime('%Y-%m-%d %H:%M')}.</p>"]
@@ -242,7 +236,7 @@ def write_report(out: str | Path, runs: Sequence[RunInfo], title: str, row_label
                                              else "(not recorded)")
         parts.append(f"<section><h2>{html.escape(r.name)}: {html.escape(r.command)}</h2>"
                      f"<p>wall time {_clock(r.desc.get('seconds'))}; <code>{html.escape(str(cmd))}</code></p>")
-        parts += [_img(p, base, f"{r.name}: {cap}") for p, cap in r.pictures()]
+        parts += [_img(p, f"{r.name}: {cap}") for p, cap in r.pictures()]
         parts.append("</section>")
     parts.append("</body></html>\n")
     with atomic_path(out) as tmp:
