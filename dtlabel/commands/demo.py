@@ -211,8 +211,8 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     results = {key: {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"], "per_class_iou": m["per_class_iou"]}
                for (key, _, _), (_, m) in zip(ROWS, rows)}
     write_json(run.path / "results.json", results)
-    runs = collect_runs([run.path / s.folder for s in stages if s.folder] + ([] if bool(dc.fit_teacher) else
-                                                                            [Path(stage_teacher(stages))]))
+    shipped = [] if bool(dc.fit_teacher) else [Path(stage_teacher(stages))]
+    runs = collect_runs(shipped + [run.path / s.folder for s in stages if s.folder])
     labels_of = {str(run.path / folder): label for _, label, folder in ROWS}
     report = write_report(run.path / "report.html", runs, title=f"dtlabel demo: default data, {labels} labels",
                           row_labels=labels_of, grid_images=int(dc.get("grid_images", 6)), device=str(cfg.device),
