@@ -82,6 +82,7 @@ CASES = [
     ("unknown-key", lambda w: ["fit-teacher", *TINY, "fit.stepz=3"], "unknown config key"),
     ("unknown-group-option", lambda w: ["fit-teacher", *TINY, "data=nope"], "unknown data"),
     ("override-syntax", lambda w: ["fit-teacher", *TINY, "steps"], "key=value"),
+    ("unknown-data-style", lambda w: ["fit-teacher", *TINY, "data.style=cartoon"], "data.style=cartoon: expected one of"),
     ("non-numeric-float", lambda w: ["fit-teacher", *TINY, "fit.lr=abc"], "expected a number"),
     ("non-numeric-size", lambda w: ["fit-teacher", *TINY, "data.size=abc"], "expected a list of whole numbers"),
     ("fractional-int", lambda w: ["fit-teacher", *TINY, "fit.steps=1.5"], "expected a whole number"),

@@ -61,6 +61,28 @@ def test_too_small_size_rejected() -> None:
         render_scene(0, (4, 64))
 
 
+def test_flat_style_same_classes_plainer_backgrounds() -> None:
+    """``flat``: deterministic, every class still drawn, backgrounds smoother (no noise or textures)."""
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    rough = {"photo": [], "flat": []}
+    for seed in range(60):
+        for style in rough:
+            img, mask = render_scene(seed, (64, 64), style)
+            bg = img.astype(np.float32)
+            # high-frequency energy of the background: the mean absolute horizontal difference
+            diff = np.abs(np.diff(bg, axis=1)).sum(axis=2)
+            keep = (mask[:, 1:] == 0) & (mask[:, :-1] == 0)
+            rough[style].append(diff[keep].mean() if keep.any() else 0.0)
+            if style == "flat":
+                counts += np.bincount(mask.ravel(), minlength=NUM_CLASSES)
+    a, b = render_scene(3, (64, 64), "flat"), render_scene(3, (64, 64), "flat")
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert (counts[1:] > 0).all()
+    assert np.mean(rough["flat"]) < 0.6 * np.mean(rough["photo"]), (np.mean(rough["flat"]), np.mean(rough["photo"]))
+    with pytest.raises(ValueError):
+        render_scene(0, (64, 64), "cartoon")
+
+
 def test_images_not_constant(scenes: list[tuple[np.ndarray, np.ndarray]]) -> None:
     for img, _ in scenes:
         assert img.reshape(-1, 3).std(axis=0).max() > 3.0

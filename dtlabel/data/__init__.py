@@ -97,8 +97,13 @@ def _build_default(cfg: DictConfig) -> DataBundle:
             raise ConfigError(f"data.{key}={cfg[key]} must be >= 0")
     if int(cfg.n_labeled) < 1 or int(cfg.n_test) < 1:
         raise ConfigError("data.n_labeled and data.n_test must be >= 1 for the default data set")
+    from dtlabel.data.default import STYLES
+
+    style = str(cfg.get("style") or "photo")
+    if style not in STYLES:
+        raise ConfigError(f"data.style={style}: expected one of {', '.join(STYLES)}")
     return build_default(int(cfg.seed), int(cfg.n_unlabeled), int(cfg.n_labeled), int(cfg.n_val),
-                         int(cfg.n_test), list(cfg.size))
+                         int(cfg.n_test), list(cfg.size), style)
 
 
 def _build_coco(cfg: DictConfig) -> DataBundle:

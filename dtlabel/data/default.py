@@ -53,7 +53,7 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["CLASS_NAMES", "render_scene"]
+__all__ = ["CLASS_NAMES", "STYLES", "render_scene"]
 
 CLASS_NAMES: list[str] = ["background", "disc", "box", "triangle", "star", "ring", "cross"]
 
@@ -223,11 +223,12 @@ def _object_texture(
 # ------------------------------------------------------------------------------------ background
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> FloatArray:
-    """Background (h, w, 3) float32 in [0, 1], at output resolution (it is smooth or faint)."""
+def _background(rng: np.random.Generator, h: int, w: int, flat: bool = False) -> FloatArray:
+    """Background (h, w, 3) float32 in [0, 1], at output resolution (it is smooth or faint); ``flat``:
+    a two-colour gradient only."""
     yy = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
     xx = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
-    kind = rng.integers(0, 3)
+    kind = 0 if flat else rng.integers(0, 3)
     c1, c2 = _random_colour(rng), _random_colour(rng)
     if kind in (0, 2):  # linear gradient between two colours
         a = rng.uniform(0, 2 * math.pi)
@@ -241,7 +242,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> FloatArray:
         grid = rng.random((gh, gw, 3), dtype=np.float32) - 0.5
         img = img + cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC) * rng.uniform(0.2, 0.5)
     img = np.ascontiguousarray(img, dtype=np.float32)
-    if rng.random() < 0.3:  # faint texture of the kinds objects use
+    if not flat and rng.random() < 0.3:  # faint texture of the kinds objects use
         a = rng.uniform(0, 2 * math.pi)
         xs = np.arange(w, dtype=np.float32)[None, :]
         ys = np.arange(h, dtype=np.float32)[:, None]
@@ -294,8 +295,9 @@ def _clutter(rng: np.random.Generator, img: FloatArray) -> None:
 # ----------------------------------------------------------------------------------- photometric
 
 
-def _photometric(rng: np.random.Generator, img: FloatArray) -> np.ndarray:
-    """Lighting, blur, noise and JPEG on an output-resolution float image -> uint8 RGB."""
+def _photometric(rng: np.random.Generator, img: FloatArray, flat: bool = False) -> np.ndarray:
+    """Lighting, blur, noise and JPEG on an output-resolution float image -> uint8 RGB (``flat``:
+    lighting only)."""
     h, w = img.shape[:2]
     mean = img.mean(axis=(0, 1), keepdims=True)
     img = (img - mean) * rng.uniform(0.7, 1.25) + mean
@@ -305,6 +307,8 @@ def _photometric(rng: np.random.Generator, img: FloatArray) -> np.ndarray:
     xx = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
     ramp = 1.0 + rng.uniform(0.0, 0.35) * (xx * math.cos(a) + yy * math.sin(a))
     img = np.clip(img * ramp[..., None], 0.0, 1.0) ** rng.uniform(0.75, 1.35)
+    if flat:
+        return np.ascontiguousarray(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if rng.random() < 0.35:
         sigma = rng.uniform(0.3, 0.7) * min(h, w) / 64.0
         img = cv2.GaussianBlur(img, (0, 0), sigmaX=max(sigma, 0.3))
@@ -322,12 +326,18 @@ def _photometric(rng: np.random.Generator, img: FloatArray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------- public
 
 
-def render_scene(seed: int, size: tuple[int, int] = (64, 64)) -> tuple[np.ndarray, np.ndarray]:
+STYLES = ("photo", "flat")
+
+
+def render_scene(seed: int, size: tuple[int, int] = (64, 64), style: str = "photo") -> tuple[np.ndarray, np.ndarray]:
     """Render scene number ``seed`` of the default data set.
 
     Args:
-        seed: any non-negative integer; the same seed and size always give identical arrays.
+        seed: any non-negative integer; the same seed, size and style always give identical arrays.
         size: ``(H, W)`` of the output, each at least 8.
+        style: ``photo`` (the default: backgrounds with noise and faint textures, blur, sensor noise,
+            JPEG) or ``flat`` (two-colour gradient backgrounds, lighting only: the same shapes,
+            textures, occlusion and clutter in a distribution a small generative model learns sooner).
 
     Returns:
         ``(image, mask)``: image ``(H, W, 3) uint8`` RGB and mask ``(H, W) uint8`` with class ids
@@ -336,9 +346,12 @@ def render_scene(seed: int, size: tuple[int, int] = (64, 64)) -> tuple[np.ndarra
     h, w = int(size[0]), int(size[1])
     if h < _MIN_SIZE or w < _MIN_SIZE:
         raise ValueError(f"render_scene: size must be at least {_MIN_SIZE}x{_MIN_SIZE}, got {size}")
+    if style not in STYLES:
+        raise ValueError(f"render_scene: style must be one of {STYLES}, got {style!r}")
+    flat = style == "flat"
     rng = np.random.default_rng(seed)
     hh, ww = h * _SS, w * _SS
-    bg = _background(rng, h, w)
+    bg = _background(rng, h, w, flat)
     _clutter(rng, bg)
     # objects are drawn at _SS x resolution into a premultiplied RGB + coverage layer
     layer = np.zeros((hh, ww, 4), dtype=np.float32)
@@ -385,4 +398,4 @@ def render_scene(seed: int, size: tuple[int, int] = (64, 64)) -> tuple[np.ndarra
     small = cv2.resize(layer, (w, h), interpolation=cv2.INTER_AREA)
     img = small[..., :3] + (1.0 - small[..., 3:]) * bg
     mask = np.ascontiguousarray(lab[_SS // 2 :: _SS, _SS // 2 :: _SS])
-    return _photometric(rng, img), mask
+    return _photometric(rng, img, flat), mask

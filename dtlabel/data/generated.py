@@ -17,8 +17,9 @@ _OFFSETS = {"u": 0, "l": 3_000_000, "t": 6_000_000}
 class GeneratedSource(LabeledSource):
     """Scenes with ids like ``u00012`` (unlabeled pool), ``l00003`` (labeled pool), ``t00007`` (test)."""
 
-    def __init__(self, seed: int, counts: dict[str, int], size: Sequence[int]) -> None:
+    def __init__(self, seed: int, counts: dict[str, int], size: Sequence[int], style: str = "photo") -> None:
         self.seed = int(seed)
+        self.style = style
         self.size = (int(size[0]), int(size[1]))
         self.class_names = list(CLASS_NAMES)
         self.ignore_index = 255
@@ -36,7 +37,7 @@ class GeneratedSource(LabeledSource):
         if id_ not in self._cache:
             if len(self._cache) > 4096:
                 self._cache.clear()
-            self._cache[id_] = render_scene(self._scene_seed(id_), self.size)
+            self._cache[id_] = render_scene(self._scene_seed(id_), self.size, self.style)
         return self._cache[id_]
 
     def describe(self, id_: str) -> str:
@@ -50,10 +51,10 @@ class GeneratedSource(LabeledSource):
 
 
 def build_default(seed: int, n_unlabeled: int, n_labeled: int, n_val: int, n_test: int,
-                  size: Sequence[int]) -> DataBundle:
+                  size: Sequence[int], style: str = "photo") -> DataBundle:
     """The default data set: an unlabeled pool, a labeled pool (train + val) and a test split."""
-    labeled = GeneratedSource(seed, {"l": n_labeled + n_val, "t": n_test}, size)
-    unlabeled = GeneratedSource(seed, {"u": n_unlabeled}, size)
+    labeled = GeneratedSource(seed, {"l": n_labeled + n_val, "t": n_test}, size, style)
+    unlabeled = GeneratedSource(seed, {"u": n_unlabeled}, size, style)
     pool = [i for i in labeled.ids if i.startswith("l")]
     return DataBundle(
         name="default",
