@@ -198,11 +198,12 @@ def _table(rows: Sequence[tuple[str, RunInfo, dict]]) -> str:
     return "\n".join(lines)
 
 
-def _clock(seconds: Any) -> str:
+def clock(seconds: Any) -> str:
+    """``m:ss`` (``h:mm:ss`` from an hour on) of a wall time in seconds; ``-`` when unknown."""
     if not isinstance(seconds, (int, float)):
         return "-"
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}:{s:02d}"
+    m, s = divmod(round(max(0.0, float(seconds))), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def write_report(out: str | Path, runs: Sequence[RunInfo], title: str, row_labels: dict[str, str] | None = None,
@@ -228,14 +229,14 @@ def write_report(out: str | Path, runs: Sequence[RunInfo], title: str, row_label
         parts.append("</section>")
     total = sum(float(r.desc.get("seconds") or 0) for r in runs)
     trs = "".join(f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(r.command)}</td>"
-                  f"<td>{_clock(r.desc.get('seconds'))}</td></tr>" for r in runs)
+                  f"<td>{clock(r.desc.get('seconds'))}</td></tr>" for r in runs)
     parts.append(f"<section><h2>Stages</h2><table><tr><th>run</th><th>command</th><th>wall time</th></tr>{trs}"
-                 f"<tr><td>total</td><td></td><td>{_clock(total)}</td></tr></table></section>")
+                 f"<tr><td>total</td><td></td><td>{clock(total)}</td></tr></table></section>")
     for r in runs:
         cmd = r.desc.get("command_line") or ("(shipped teacher, see its README.md)" if r.command == "teacher model"
                                              else "(not recorded)")
         parts.append(f"<section><h2>{html.escape(r.name)}: {html.escape(r.command)}</h2>"
-                     f"<p>wall time {_clock(r.desc.get('seconds'))}; <code>{html.escape(str(cmd))}</code></p>")
+                     f"<p>wall time {clock(r.desc.get('seconds'))}; <code>{html.escape(str(cmd))}</code></p>")
         parts += [_img(p, f"{r.name}: {cap}") for p, cap in r.pictures()]
         parts.append("</section>")
     parts.append("</body></html>\n")
@@ -250,4 +251,4 @@ def picture_files(runs: Sequence[RunInfo]) -> list[Path]:
     return [p for r in runs for p, _ in r.pictures()]
 
 
-__all__ = ["PICTURES", "RunInfo", "collect_runs", "model_rows", "picture_files", "prediction_grid", "write_report"]
+__all__ = ["PICTURES", "RunInfo", "clock", "collect_runs", "model_rows", "picture_files", "prediction_grid", "write_report"]

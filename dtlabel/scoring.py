@@ -62,7 +62,7 @@ def open_student(path: str, device: torch.device, amp: str = "auto") -> Scorable
 
     model, desc = load_student(str(path), device)
 
-    def score(source, ids, size, bs, keep, nw, progress):  # noqa: ANN001, ANN202
+    def score(source, ids, size, bs, keep, nw, progress):
         return score_student(model, source, ids, size, bs, device, amp, keep=keep, num_workers=nw, progress=progress)
 
     return ScorableModel(f"student {desc['arch']}/{desc['encoder_name']}", int(desc["classes"]),
@@ -92,7 +92,7 @@ def open_head(path: str, device: torch.device, teacher_cfg: Any, teacher_dir: st
     feats = TeacherFeatures(teacher)
     seed = int(head.meta.get("seed", seed))  # the evaluation noise train-head used
 
-    def score(source, ids, size, bs, keep, nw, progress):  # noqa: ANN001, ANN202
+    def score(source, ids, size, bs, keep, nw, progress):
         return score_head(head, feats, source, ids, size, bs, seed, keep=keep, num_workers=nw, progress=progress)
 
     return ScorableModel(f"head {head.kind}", head.num_classes, head.meta.get("class_names"),

@@ -37,7 +37,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dtlabel.errors import ConfigError, RunError
-from dtlabel.html_report import collect_runs, write_report
+from dtlabel.html_report import clock, collect_runs, write_report
 from dtlabel.io import read_json, write_json, write_text
 from dtlabel.report import results_plot, results_table
 from dtlabel.runs import DESCRIPTOR, Run
@@ -111,11 +111,6 @@ def plan(run: Run, cfg: DictConfig, labels: int) -> list[Stage]:
     return stages
 
 
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(max(0.0, seconds))), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
-
-
 class Progress:
     """One line per stage: ``[3/11] train-head: about 2:10, demo 8:40 left``, from the measured
     minutes of ``demo.minutes`` scaled by how fast this machine ran the stages so far."""
@@ -132,13 +127,13 @@ class Progress:
     def start(self, k: int, shown: str) -> None:
         speed = self._speed()
         this, left = self.expect[k] * speed, sum(self.expect[k:]) * speed
-        eta = f": about {_clock(this)}, demo {_clock(left)} left" if left > 0 else ""
+        eta = f": about {clock(this)}, demo {clock(left)} left" if left > 0 else ""
         print(f"[{k + 1}/{len(self.stages)}] {self.stages[k].name}{eta}\n    {shown}", file=sys.stderr, flush=True)
 
     def done(self, k: int, seconds: float) -> None:
         self.spent += seconds
         self.planned_done += self.expect[k]
-        print(f"[{k + 1}/{len(self.stages)}] {self.stages[k].name} done in {_clock(seconds)}", file=sys.stderr,
+        print(f"[{k + 1}/{len(self.stages)}] {self.stages[k].name} done in {clock(seconds)}", file=sys.stderr,
               flush=True)
 
     def skip(self, k: int, where: str) -> None:
