@@ -56,11 +56,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @dataclass
 class Stage:
     """One dtlabel command of the chain: ``folder`` under the demo's run folder, ``argv`` after
-    ``dtlabel``; ``folder`` None for the shipped teacher (nothing to run)."""
+    ``dtlabel``; for the shipped teacher ``folder`` is None (nothing to run) and ``shipped`` its path."""
 
     name: str
     folder: str | None
     argv: list[str]
+    shipped: Path | None = None
 
 
 def _list(cfg: DictConfig, key: str) -> list[str]:
@@ -92,8 +93,9 @@ def plan(run: Run, cfg: DictConfig, labels: int) -> list[Stage]:
         teacher = str(run.path / "teacher")
         stages = [Stage("fit-teacher", "teacher", ["fit-teacher", *data, *_list(dc, "teacher")])]
     else:
-        teacher = str(shipped_teacher(str(dc.teacher_model)))
-        stages = [Stage("teacher", None, [])]
+        shipped = shipped_teacher(str(dc.teacher_model))
+        teacher = str(shipped)
+        stages = [Stage("teacher", None, [], shipped)]
     pre, head, synth = (str(run.path / f) for f in ("pretrain", "head", "synth"))
     students = ["train-student", "--labels", str(labels), *data, *_list(dc, "students")]
     stages += [
@@ -187,7 +189,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     progress = Progress(stages, minutes)
     for k, stage in enumerate(stages):
         if stage.folder is None:
-            progress.skip(k, f"shipped: {stage_teacher(stages)}")
+            progress.skip(k, f"shipped: {stage.shipped}")
             continue
         out = run.path / stage.folder
         if (out / DESCRIPTOR).is_file():
@@ -206,8 +208,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     results = {key: {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"], "per_class_iou": m["per_class_iou"]}
                for (key, _, _), (_, m) in zip(ROWS, rows)}
     write_json(run.path / "results.json", results)
-    shipped = [] if bool(dc.fit_teacher) else [Path(stage_teacher(stages))]
-    runs = collect_runs(shipped + [run.path / s.folder for s in stages if s.folder])
+    runs = collect_runs([s.shipped if s.folder is None else run.path / s.folder for s in stages])
     labels_of = {str(run.path / folder): label for _, label, folder in ROWS}
     report = write_report(run.path / "report.html", runs, title=f"dtlabel demo: default data, {labels} labels",
                           row_labels=labels_of, grid_images=int(dc.get("grid_images", 6)), device=str(cfg.device),
@@ -218,8 +219,3 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     return {"labels": labels, "minutes": round((time.time() - t0) / 60, 2),
             **{f"{key}_miou": results[key]["miou"] for key, _, _ in ROWS}}
 
-
-def stage_teacher(stages: list[Stage]) -> str:
-    """The teacher folder the stages read (the ``--teacher`` of the pretrain stage)."""
-    argv = next(s.argv for s in stages if s.name == "pretrain")
-    return argv[argv.index("--teacher") + 1]

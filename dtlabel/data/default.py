@@ -307,15 +307,13 @@ def _photometric(rng: np.random.Generator, img: FloatArray, flat: bool = False) 
     xx = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
     ramp = 1.0 + rng.uniform(0.0, 0.35) * (xx * math.cos(a) + yy * math.sin(a))
     img = np.clip(img * ramp[..., None], 0.0, 1.0) ** rng.uniform(0.75, 1.35)
-    if flat:
-        return np.ascontiguousarray(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if rng.random() < 0.35:
+    if not flat and rng.random() < 0.35:
         sigma = rng.uniform(0.3, 0.7) * min(h, w) / 64.0
         img = cv2.GaussianBlur(img, (0, 0), sigmaX=max(sigma, 0.3))
-    noise_sigma = rng.uniform(0.0, 5.0) / 255.0
-    img = img + rng.normal(0.0, noise_sigma, size=img.shape).astype(np.float32)
+    if not flat:
+        img = img + rng.normal(0.0, rng.uniform(0.0, 5.0) / 255.0, size=img.shape).astype(np.float32)
     out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if rng.random() < 0.15:
+    if not flat and rng.random() < 0.15:
         quality = int(rng.integers(40, 91))
         ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
         if ok:
