@@ -12,10 +12,15 @@ greedy weighted by uncertainty: starting from the labeled images as centres, tak
 add it to the centres, and repeat ``K`` times (ties: the lowest index). ``uncertainty_weight = 0``
 is pure k-center (coreset) selection; a large weight approaches uncertainty ranking. Deterministic:
 the features use the evaluation noise of each candidate's index.
+
+``strategy=random`` is the baseline a user measures the ranking against (docs/RESULTS.md does so
+on CCP): ``K`` candidates drawn with ``random_seed``, described and scored the same way, so its
+files read like a ranking's and its ``label_ids.txt`` trains the same next head.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -95,6 +100,25 @@ def weighted_k_center(features: np.ndarray, uncertainty: np.ndarray, centres: np
         picks.append(Pick(rank, i, float(value[i]), float(dist[i]), float(uncertainty[i])))
         taken[i] = True
         dist = np.minimum(dist, np.linalg.norm(features - features[i], axis=1))
+    return picks
+
+
+def random_order(n: int, k: int, seed: int) -> list[int]:
+    """``k`` distinct indices of ``range(n)``, in draw order, from ``seed`` alone (same bytes on any machine)."""
+    return random.Random(int(seed)).sample(range(n), k)
+
+
+def in_order(features: np.ndarray, uncertainty: np.ndarray, centres: np.ndarray,
+             uncertainty_weight: float = 1.0) -> list[Pick]:
+    """The rows of ``features`` taken in the order given (a random draw), with the distance and score
+    each would have had under :func:`weighted_k_center` at its turn: comparable numbers, no choice."""
+    picks: list[Pick] = []
+    seen = centres
+    for i in range(len(features)):
+        d = float(np.min(np.linalg.norm(seen - features[i], axis=1))) if len(seen) else 1.0
+        u = float(uncertainty[i])
+        picks.append(Pick(i + 1, i, d * (u + EPS) ** float(uncertainty_weight), d, u))
+        seen = np.concatenate([seen.reshape(-1, features.shape[1]), features[i:i + 1]])
     return picks
 
 

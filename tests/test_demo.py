@@ -116,3 +116,19 @@ def test_report_of_an_unfinished_run(cli, tmp_path: Path) -> None:
 def test_report_without_runs(cli, tmp_path: Path) -> None:
     code, _, err = cli("report", "--out", tmp_path / "r")
     assert code == 2 and err.count("\n") == 1 and "at least one finished run folder" in err
+
+
+def test_report_of_a_missing_folder(cli, tmp_path: Path) -> None:
+    code, _, err = cli("report", tmp_path / "nope", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "folder not found" in err
+
+
+def test_report_negative_grid(cli, tmp_path: Path) -> None:
+    code, _, err = cli("report", tmp_path, "--out", tmp_path / "r", "grid_images=-1")
+    assert code == 2 and err.count("\n") == 1 and "grid_images=-1" in err
+
+
+def test_demo_without_its_shipped_teacher(cli, tmp_path: Path) -> None:
+    code, _, err = cli("demo", "--preset", "tiny", "demo.fit_teacher=false", f"demo.teacher_model={tmp_path / 'none'}",
+                       "--out", tmp_path / "d")
+    assert code == 2 and err.count("\n") == 1 and "no teacher folder there" in err and "--fit-teacher" in err

@@ -79,3 +79,28 @@ def test_suggest_input_errors(head: Path, tmp_path: Path, cli) -> None:  # noqa:
     code, _, err = cli("train-head", *TINY, "--labels", "3", "label_ids=[l00001,l00002]", "--teacher", other,
                        "--out", tmp_path / "e")
     assert code == 2 and "pass one of the two" in err
+
+
+def test_random_baseline_draws_from_the_same_pool_and_repeats(head: Path, tmp_path: Path) -> None:
+    labels = json.loads((head / "labels.json").read_text())
+    old, val = labels["ids"], labels["val_ids"]
+    assert val  # the tiny head has a validation slice: the draw must avoid it too
+    runs = {}
+    for name, seed in (("r0", 0), ("r0b", 0), ("r1", 1)):
+        assert main(["suggest", *TINY, "--head", str(head), "--n", "5", "strategy=random", f"random_seed={seed}",
+                     "--out", str(tmp_path / name)]) == 0
+        runs[name] = json.loads((tmp_path / name / "suggestions.json").read_text())
+    rows = runs["r0"]["suggestions"]
+    names = [r["name"] for r in rows]
+    assert runs["r0"]["strategy"] == "random" and len(set(names)) == 5
+    assert not set(names) & {*old, *val}  # never a labeled or validation image of the head
+    assert all(r["why"].startswith("random draw") and r["distance"] > 0 for r in rows)
+    assert (tmp_path / "r0b" / "suggestions.csv").read_bytes() == (tmp_path / "r0" / "suggestions.csv").read_bytes()
+    assert [r["name"] for r in runs["r1"]["suggestions"]] != names  # another seed, another draw
+    ids = (tmp_path / "r0" / "label_ids.txt").read_text().split()
+    assert sorted(ids) == sorted([*old, *names])
+
+
+def test_suggest_unknown_strategy(head: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    code, _, err = cli("suggest", *TINY, "--head", head, "--n", "2", "strategy=entropy", "--out", tmp_path / "a")
+    assert code == 2 and err.count("\n") == 1 and "strategy=entropy" in err and "k-center, random" in err

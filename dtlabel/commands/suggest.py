@@ -31,9 +31,10 @@ from dtlabel.io import write_json, write_text
 from dtlabel.labeling import ImageList, resized
 from dtlabel.report import overlay, save_grid
 from dtlabel.runs import Run, read_run
-from dtlabel.suggest import read_candidates, weighted_k_center, why
+from dtlabel.suggest import in_order, random_order, read_candidates, weighted_k_center, why
 
 log = logging.getLogger(__name__)
+STRATEGIES = ("k-center", "random")
 
 
 def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
@@ -42,6 +43,9 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     if cfg.get("n") is None or int(cfg.n) < 1:
         raise ConfigError("suggest needs --n K >= 1: how many images to suggest")
     k = int(cfg.n)
+    strategy = str(cfg.strategy)
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy={strategy}: must be one of {', '.join(STRATEGIES)}")
     desc = read_run(str(cfg.inputs.head), "train-head", "--head")
     device = select_device(cfg.device)
     head = load_head(str(cfg.inputs.head), device)
@@ -74,25 +78,39 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     feats = TeacherFeatures(teacher)
     seed, bs = int(head.meta.get("seed", cfg.seed)), int(cfg.batch_size)
     progress = not getattr(args, "quiet", False)
-    cands = read_candidates(pool.names, lambda i: to_tensor(resized(pool.read(i), size)), head, feats, seed, size, bs, progress)
+    weight = float(cfg.uncertainty_weight)
+    # the random baseline reads only its K draws (in draw order); the ranking reads the whole pool
+    order = random_order(len(pool.names), k, int(cfg.random_seed)) if strategy == "random" else range(len(pool.names))
+    index = list(order)
+    cands = read_candidates([pool.names[i] for i in index], lambda j: to_tensor(resized(pool.read(index[j]), size)), head,
+                            feats, seed, size, bs, progress)
     centres = np.zeros((0, cands.features.shape[1]))
     if labeled:
         have = read_candidates(labeled, lambda i: to_tensor(resized(bundle.labeled.image(labeled[i]), size)), head, feats, seed,
                                size, bs, progress)
         centres = have.features
-    picks = weighted_k_center(cands.features, cands.uncertainty, centres, k, float(cfg.uncertainty_weight))
-    first = np.min(np.linalg.norm(cands.features[:, None] - centres[None], axis=2), axis=1) if len(centres) \
-        else np.ones(len(cands.names))
-    rows = [{"rank": p.rank, "name": cands.names[p.index], "score": round(p.score, 6), "distance": round(p.distance, 6),
-             "uncertainty": round(p.uncertainty, 6), "why": why(p, first, cands.uncertainty)} for p in picks]
+    if strategy == "random":
+        picks = in_order(cands.features, cands.uncertainty, centres, weight)
+        rows = [{"rank": p.rank, "name": cands.names[p.index], "score": round(p.score, 6),
+                 "distance": round(p.distance, 6), "uncertainty": round(p.uncertainty, 6),
+                 "why": f"random draw {p.rank} of {k} (random_seed {int(cfg.random_seed)}): the baseline, no ranking"}
+                for p in picks]
+    else:
+        picks = weighted_k_center(cands.features, cands.uncertainty, centres, k, weight)
+        first = np.min(np.linalg.norm(cands.features[:, None] - centres[None], axis=2), axis=1) if len(centres) \
+            else np.ones(len(cands.names))
+        rows = [{"rank": p.rank, "name": cands.names[p.index], "score": round(p.score, 6),
+                 "distance": round(p.distance, 6), "uncertainty": round(p.uncertainty, 6),
+                 "why": why(p, first, cands.uncertainty)} for p in picks]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     write_text(run.path / "suggestions.csv", buf.getvalue())
-    write_json(run.path / "suggestions.json", {"head": str(cfg.inputs.head), "k": k, "pool": len(cands.names),
+    write_json(run.path / "suggestions.json", {"head": str(cfg.inputs.head), "k": k, "pool": len(pool.names),
                                                "labeled_centres": len(centres), "suggestions": rows,
-                                               "uncertainty_weight": float(cfg.uncertainty_weight)})
+                                               "strategy": strategy, "random_seed": int(cfg.random_seed),
+                                               "uncertainty_weight": weight})
     if not cfg.inputs.get("images"):
         write_text(run.path / "label_ids.txt", "".join(f"{i}\n" for i in sorted({*labeled, *(r["name"] for r in rows)})))
     n_sheet = min(k, int(cfg.contact_sheet))
@@ -100,12 +118,12 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         c = head.num_classes
         cells = []
         for p in picks[:n_sheet]:
-            cells.append(overlay(resized(pool.read(p.index), size), cands.labels[p.index], c, 0.5))
+            cells.append(overlay(resized(pool.read(index[p.index]), size), cands.labels[p.index], c, 0.5))
         save_grid(run.path / "contact_sheet.png", [cells[r:r + 6] for r in range(0, len(cells), 6)],
                   class_names=head.meta.get("class_names"),
-                  suptitle=f"suggest: the first {n_sheet} of {k}, with the head's current pseudo-labels")
-    log.info("suggested %d of %d images (%d labeled images as centres): %s", k, len(cands.names), len(centres),
+                  suptitle=f"suggest ({strategy}): the first {n_sheet} of {k}, with the head's current pseudo-labels")
+    log.info("suggested (%s) %d of %d images (%d labeled images as centres): %s", strategy, k, len(pool.names), len(centres),
              ", ".join(r["name"] for r in rows[:5]) + (" ..." if k > 5 else ""))
-    return {"k": k, "pool": len(cands.names), "suggestions": "suggestions.csv",
+    return {"k": k, "pool": len(pool.names), "strategy": strategy, "suggestions": "suggestions.csv",
             "label_ids": "label_ids.txt" if not cfg.inputs.get("images") else None,
             "uncertainty_weight": float(cfg.uncertainty_weight)}
