@@ -32,23 +32,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stages import done, run_stage  # noqa: E402
 
 STAGES = ("scratch", "head-int", "head-mlp", "synth-img", "student-pr", "student-p", "synth-sampled", "student-s")
 LABELS = {"scratch": "scratch student (N real labels)", "head-int": "head: interpreter",
           "head-mlp": "head: mlp-ensemble", "student-pr": "student (pseudo-labels + N real labels)",
           "student-p": "student (pseudo-labels only)",
           "student-s": "student (sampled pseudo-labels + N real labels)"}
-
-
-def _done(folder: Path) -> bool:
-    return (folder / "run.json").is_file()
 
 
 def _val_miou(folder: Path) -> float:
@@ -79,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     unlabeled = Path(args.data_root) / "unlabeled" / "images"
 
     def head() -> Path:
-        heads = [folder[h] for h in ("head-int", "head-mlp") if _done(folder[h])]
+        heads = [folder[h] for h in ("head-int", "head-mlp") if done(folder[h])]
         if not heads:
             raise SystemExit("synthesize stages need a finished head-int or head-mlp stage")
         return max(heads, key=_val_miou)
@@ -105,29 +101,21 @@ def main(argv: list[str] | None = None) -> int:
         "student-s": lambda: ["train-student", "--synth", str(folder["synth-sampled"]), "--labels", str(n), *draw_s],
     }
     for stage in STAGES:
-        if stage not in args.stages or _done(folder[stage]):
+        if stage not in args.stages or done(folder[stage]):
             continue
-        cmd = [sys.executable, "-m", "dtlabel.cli", *commands[stage](), "--preset", args.preset, *data,
-               *args.overrides, "--out", str(folder[stage])]
-        if folder[stage].exists():
-            cmd.append("--resume")
-        print("+ dtlabel", shlex.join(cmd[3:]), flush=True)
-        rc = subprocess.call(cmd)
-        if rc != 0:
-            print(f"stage {stage} failed (exit {rc}); see {folder[stage]}", file=sys.stderr)
+        if rc := run_stage(folder[stage], [*commands[stage](), "--preset", args.preset, *data, *args.overrides]):
             return rc
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from results_table import metrics_table, synth_table
 
     rows = [(LABELS[s], folder[s]) for s in ("head-int", "head-mlp", "student-pr", "student-p", "student-s", "scratch")
-            if _done(folder[s])]
+            if done(folder[s])]
     text = []
     if rows:
         table, _, _ = metrics_table(rows)
         text.append(f"CCP ({args.data}), N = {n}, label draw {args.label_seed if args.label_seed is not None else 0}, "
                     f"test split, IoU in %\n\n{table}")
-    synths = [(s, folder[s]) for s in ("synth-img", "synth-sampled") if _done(folder[s])]
+    synths = [(s, folder[s]) for s in ("synth-img", "synth-sampled") if done(folder[s])]
     if synths:
         text.append(synth_table(synths, data))
     if text:

@@ -26,23 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-
-def _done(folder: Path) -> bool:
-    return (folder / "run.json").is_file()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stages import done, run_stage  # noqa: E402
 
 
 def _miou(folder: Path) -> float | None:
     path = folder / "metrics.json"
-    return json.loads(path.read_text())["miou"] if _done(folder) and path.is_file() else None
+    return json.loads(path.read_text())["miou"] if done(folder) and path.is_file() else None
 
 
 def _chooser_words(chooser: str) -> list[str]:
@@ -137,16 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--preset", args.preset, f"data={args.data}", f"data.root={args.data_root}", *args.overrides]
 
     def stage(folder: Path, words: list[str]) -> int:
-        if _done(folder):
-            return 0
-        cmd = [sys.executable, "-m", "dtlabel.cli", *words, *common, "--out", str(folder)]
-        if folder.exists():
-            cmd.append("--resume")
-        print("+ dtlabel", shlex.join(cmd[3:]), flush=True)
-        rc = subprocess.call(cmd)
-        if rc != 0:
-            print(f"{folder.name} failed (exit {rc}); see {folder}", file=sys.stderr)
-        return rc
+        return run_stage(folder, [*words, *common])
 
     for d in [] if args.table_only else args.draws:
         draw = [f"head.label_seed={d}"]

@@ -1,0 +1,31 @@
+"""The stage runner the experiment scripts share: one ordinary ``dtlabel`` command per run folder.
+
+A stage whose folder holds ``run.json`` is finished and skipped; an unfinished one (the folder
+exists) continues with ``--resume``; the command is printed before it runs, so a table in
+docs/RESULTS.md can be traced to the exact commands behind it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+
+def done(folder: Path) -> bool:
+    return (folder / "run.json").is_file()
+
+
+def run_stage(folder: Path, words: list[str]) -> int:
+    """Run ``dtlabel WORDS --out FOLDER`` (``--resume`` if started) unless finished; the exit code."""
+    if done(folder):
+        return 0
+    cmd = [sys.executable, "-m", "dtlabel.cli", *words, "--out", str(folder)]
+    if folder.exists():
+        cmd.append("--resume")
+    print("+ dtlabel", shlex.join(cmd[3:]), flush=True)
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        print(f"{folder.name} failed (exit {rc}); see {folder}", file=sys.stderr)
+    return rc
