@@ -5,7 +5,7 @@ for each chooser, ``K`` more images chosen from that head's candidate pool (the 
 minus its labeled and validation images, masks unread) and a head on the ``N0 + K`` labels
 (``label_ids=`` the chooser's ``label_ids.txt``). Choosers: ``suggest`` (the ranking, its
 defaults), ``suggest-wW`` (the ranking with ``uncertainty_weight=W``; ``suggest-w0`` is pure
-k-center) and ``random-sS`` (``suggest strategy=random random_seed=S``: the same pool, the same
+k-center), ``typical`` (``suggest strategy=typical``) and ``random-sS`` (``suggest strategy=random random_seed=S``: the same pool, the same
 files). ``--rounds 2`` repeats the step from each chooser's own ``N0 + K`` head (the learning curve
 ``N0 -> N0 + K -> N0 + 2K``). Every head has the same recipe (``--preset``, the head's defaults),
 is selected on its own validation slice and scored on the test split.
@@ -44,6 +44,8 @@ def _miou(folder: Path) -> float | None:
 def _chooser_words(chooser: str) -> list[str]:
     if chooser == "suggest":
         return []
+    if chooser == "typical":
+        return ["strategy=typical"]
     if chooser.startswith("suggest-w"):
         try:
             return [f"uncertainty_weight={float(chooser[9:])}"]
@@ -51,7 +53,7 @@ def _chooser_words(chooser: str) -> list[str]:
             pass
     if chooser.startswith("random-s") and chooser[8:].isdigit():
         return ["strategy=random", f"random_seed={int(chooser[8:])}"]
-    raise SystemExit(f"--choosers {chooser}: use suggest, suggest-wW (W a number) or random-sS (S an integer)")
+    raise SystemExit(f"--choosers {chooser}: use suggest, suggest-wW (W a number), typical or random-sS (S an integer)")
 
 
 def _fmt(v: float | None) -> str:
@@ -77,7 +79,7 @@ def tables(out: Path, n0: int, k: int, rounds: int, draws: list[int], choosers: 
             "|---|---|---|---|---|---|"]
     for d in draws:
         rs = [v for c in choosers if c.startswith("random") and (v := _miou(out / f"head-{n1}-d{d}-{c}")) is not None]
-        for c in [c for c in choosers if c.startswith("suggest")]:
+        for c in [c for c in choosers if not c.startswith("random")]:
             s = _miou(out / f"head-{n1}-d{d}-{c}")
             if s is None or not rs:
                 continue

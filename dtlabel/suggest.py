@@ -13,6 +13,13 @@ add it to the centres, and repeat ``K`` times (ties: the lowest index). ``uncert
 is pure k-center (coreset) selection; a large weight approaches uncertainty ranking. Deterministic:
 the features use the evaluation noise of each candidate's index.
 
+``strategy=typical`` follows the low-budget finding that with few labels the representative
+images help more than the uncertain ones (Hacohen et al., "Active learning on a budget", 2022,
+TypiClust): k-means on the descriptors of the labeled images and the candidates together, with as
+many clusters as labeled images plus ``K``; the clusters with the fewest labeled images, largest
+first, each give their most typical candidate (typicality: the inverse mean distance to its 20
+nearest neighbours in the pool). docs/RESULTS.md measures the three strategies on CCP.
+
 ``strategy=random`` is the baseline a user measures the ranking against (docs/RESULTS.md does so
 on CCP): ``K`` candidates drawn with ``random_seed``, described and scored the same way, so its
 files read like a ranking's and its ``label_ids.txt`` trains the same next head.
@@ -120,6 +127,76 @@ def in_order(features: np.ndarray, uncertainty: np.ndarray, centres: np.ndarray,
         picks.append(Pick(i + 1, i, d * (u + EPS) ** float(uncertainty_weight), d, u))
         seen = np.concatenate([seen.reshape(-1, features.shape[1]), features[i:i + 1]])
     return picks
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> np.ndarray:
+    """Cluster of each row of ``x (N, D)`` into ``k`` clusters: k-means++ seeding from ``seed``, then
+    Lloyd iterations until no assignment changes (at most ``iters``). ``(N,)`` int."""
+    rng = np.random.default_rng(int(seed))
+    sq = (x * x).sum(1)
+    centres = [x[int(rng.integers(len(x)))]]
+    d2 = np.maximum(sq - 2 * x @ centres[0] + centres[0] @ centres[0], 0.0)
+    for _ in range(1, k):
+        i = int(rng.choice(len(x), p=d2 / d2.sum())) if d2.sum() > 0 else int(rng.integers(len(x)))
+        centres.append(x[i])
+        d2 = np.minimum(d2, np.maximum(sq - 2 * x @ x[i] + x[i] @ x[i], 0.0))
+    c = np.stack(centres)
+    assign = np.full(len(x), -1)
+    for _ in range(iters):
+        new = np.argmin(sq[:, None] - 2 * x @ c.T + (c * c).sum(1)[None], axis=1)
+        if np.array_equal(new, assign):
+            break
+        assign = new
+        for j in range(k):
+            if (assign == j).any():
+                c[j] = x[assign == j].mean(0)
+    return assign
+
+
+def knn_typicality(x: np.ndarray, neighbours: int = 20, chunk: int = 256) -> np.ndarray:
+    """``(N,)``: 1 / mean distance of each row of ``x`` to its ``neighbours`` nearest other rows,
+    computed ``chunk`` rows at a time (memory ``chunk x N``, whatever the pool size)."""
+    nn = min(neighbours, len(x) - 1)
+    if nn < 1:
+        return np.ones(len(x))
+    sq = (x * x).sum(1)
+    out = np.empty(len(x))
+    for a in range(0, len(x), chunk):
+        d = np.sqrt(np.maximum(sq[a:a + chunk, None] - 2 * x[a:a + chunk] @ x.T + sq[None], 0.0))
+        d[np.arange(len(d)), np.arange(a, a + len(d))] = np.inf  # not its own neighbour
+        out[a:a + chunk] = 1.0 / (np.partition(d, nn - 1, axis=1)[:, :nn].mean(1) + 1e-12)
+    return out
+
+
+def typical_picks(features: np.ndarray, uncertainty: np.ndarray, centres: np.ndarray, k: int, seed: int = 0,
+                  neighbours: int = 20) -> tuple[list[Pick], list[str]]:
+    """``k`` representative candidates (module docstring) and a line per pick saying why. Each
+    :class:`Pick` has ``score`` = typicality and ``distance`` to the nearest labeled or earlier pick."""
+    x = np.concatenate([centres.reshape(-1, features.shape[1]), features])
+    m = len(x) - len(features)
+    assign = kmeans(x, min(len(x), m + k), seed)
+    typicality = knn_typicality(x, neighbours)
+    labeled = np.bincount(assign[:m], minlength=assign.max() + 1)
+    size = np.bincount(assign, minlength=assign.max() + 1)
+    order = sorted(range(len(size)), key=lambda j: (labeled[j], -size[j], j))
+    taken = np.zeros(len(features), dtype=bool)
+    picks: list[Pick] = []
+    notes: list[str] = []
+    seen = [centres.reshape(-1, features.shape[1])]
+    while len(picks) < k:
+        for j in order:
+            members = np.flatnonzero((assign[m:] == j) & ~taken)
+            if len(picks) == k or not len(members):
+                continue
+            i = int(members[np.argmax(typicality[m + members])])
+            pool = np.concatenate(seen)
+            d = float(np.min(np.linalg.norm(pool - features[i], axis=1))) if len(pool) else 1.0
+            picks.append(Pick(len(picks) + 1, i, float(typicality[m + i]), d, float(uncertainty[i])))
+            notes.append(f"most typical image of a cluster of {size[j]} ({labeled[j]} labeled; typicality "
+                         f"{typicality[m + i]:.2f}), uncertainty {uncertainty[i]:.3f}")
+            taken[i] = True
+            seen.append(features[i:i + 1])
+    return picks, notes
 
 
 def why(pick: Pick, distances: np.ndarray, uncertainty: np.ndarray) -> str:

@@ -28,6 +28,24 @@ def test_weighted_k_center_prefers_new_regions_then_uncertainty() -> None:
     assert sorted(cluster[p.index] for p in coreset) == ["B", "C"]  # pure diversity: one from each new cluster
 
 
+def test_typical_picks_the_centre_of_each_unlabeled_cluster_largest_first() -> None:
+    from dtlabel.suggest import typical_picks
+
+    rng = np.random.default_rng(0)
+    a, b, c = np.array([0.0, 0.0]), np.array([4.0, 0.0]), np.array([0.0, 4.0])
+    feats = np.concatenate([a + 0.1 * rng.standard_normal((6, 2)), b + 0.1 * rng.standard_normal((12, 2)),
+                            [b + [0.9, 0.9]], c + 0.1 * rng.standard_normal((5, 2))])
+    unc = np.linspace(0.0, 1.0, len(feats))  # the outlier of B (index 18) is more uncertain than B's core
+    picks, notes = typical_picks(feats, unc, centres=a[None], k=2)
+    idx = [p.index for p in picks]
+    assert 6 <= idx[0] < 18 and 19 <= idx[1] < 24  # B (12 + 1 images) before C (5), from the dense core
+    core_b = feats[6:18]
+    assert np.linalg.norm(feats[idx[0]] - core_b.mean(0)) < np.median(np.linalg.norm(core_b - core_b.mean(0), axis=1))
+    assert all(p.score > 0 for p in picks) and "cluster of 13 (0 labeled" in notes[0]
+    again, _ = typical_picks(feats, unc, centres=a[None], k=2)
+    assert [p.index for p in again] == idx  # deterministic
+
+
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dtlabel.teachers.tiny import build_tiny_ddpm
@@ -103,4 +121,13 @@ def test_random_baseline_draws_from_the_same_pool_and_repeats(head: Path, tmp_pa
 
 def test_suggest_unknown_strategy(head: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     code, _, err = cli("suggest", *TINY, "--head", head, "--n", "2", "strategy=entropy", "--out", tmp_path / "a")
-    assert code == 2 and err.count("\n") == 1 and "strategy=entropy" in err and "k-center, random" in err
+    assert code == 2 and err.count("\n") == 1 and "strategy=entropy" in err and "k-center, typical, random" in err
+
+
+def test_typical_strategy_runs_and_avoids_the_labels(head: Path, tmp_path: Path) -> None:
+    labels = json.loads((head / "labels.json").read_text())
+    assert main(["suggest", *TINY, "--head", str(head), "--n", "4", "strategy=typical", "--out", str(tmp_path / "t")]) == 0
+    rows = json.loads((tmp_path / "t" / "suggestions.json").read_text())["suggestions"]
+    names = [r["name"] for r in rows]
+    assert len(set(names)) == 4 and not set(names) & {*labels["ids"], *labels["val_ids"]}
+    assert all(r["why"].startswith("most typical image of a cluster") and r["score"] > 0 for r in rows)

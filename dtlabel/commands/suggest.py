@@ -2,8 +2,9 @@
 
 Candidates are the images of ``--images DIR``, or the data set's training pool without the head's
 labeled and validation images (only their pixels are read, never their masks). Ranking:
-:mod:`dtlabel.suggest` (teacher-feature k-center greedy weighted by the head's uncertainty, starting
-from the head's labeled images). Writes ``suggestions.csv`` / ``suggestions.json`` (rank, name,
+:mod:`dtlabel.suggest` (``strategy=k-center``: teacher-feature k-center greedy weighted by the head's
+uncertainty, starting from the head's labeled images; ``typical``: the most typical image of each
+unlabeled k-means cluster; ``random``: the baseline). Writes ``suggestions.csv`` / ``suggestions.json`` (rank, name,
 score, distance, uncertainty, why), ``contact_sheet.png`` (the images with their current
 pseudo-labels) and, for a data set, ``label_ids.txt``: the head's labels plus the suggestions, for
 ``train-head label_ids=RUN/label_ids.txt`` once they are labeled.
@@ -31,10 +32,10 @@ from dtlabel.io import write_json, write_text
 from dtlabel.labeling import ImageList, resized
 from dtlabel.report import overlay, save_grid
 from dtlabel.runs import Run, read_run
-from dtlabel.suggest import in_order, random_order, read_candidates, weighted_k_center, why
+from dtlabel.suggest import in_order, random_order, read_candidates, typical_picks, weighted_k_center, why
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("k-center", "random")
+STRATEGIES = ("k-center", "typical", "random")
 
 
 def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
@@ -95,6 +96,11 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
                  "distance": round(p.distance, 6), "uncertainty": round(p.uncertainty, 6),
                  "why": f"random draw {p.rank} of {k} (random_seed {int(cfg.random_seed)}): the baseline, no ranking"}
                 for p in picks]
+    elif strategy == "typical":
+        picks, notes = typical_picks(cands.features, cands.uncertainty, centres, k, int(cfg.random_seed))
+        rows = [{"rank": p.rank, "name": cands.names[p.index], "score": round(p.score, 6),
+                 "distance": round(p.distance, 6), "uncertainty": round(p.uncertainty, 6), "why": note}
+                for p, note in zip(picks, notes)]
     else:
         picks = weighted_k_center(cands.features, cands.uncertainty, centres, k, weight)
         first = np.min(np.linalg.norm(cands.features[:, None] - centres[None], axis=2), axis=1) if len(centres) \
