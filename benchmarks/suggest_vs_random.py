@@ -3,9 +3,9 @@
 For each label draw ``D`` (``head.label_seed``): a head on ``N0`` labels (``--labels N0``); then,
 for each chooser, ``K`` more images chosen from that head's candidate pool (the training pool
 minus its labeled and validation images, masks unread) and a head on the ``N0 + K`` labels
-(``label_ids=`` the chooser's ``label_ids.txt``). Choosers: ``suggest`` (the ranking, its
-defaults), ``suggest-wW`` (the ranking with ``uncertainty_weight=W``; ``suggest-w0`` is pure
-k-center), ``typical`` (``suggest strategy=typical``) and ``random-sS`` (``suggest strategy=random random_seed=S``: the same pool, the same
+(``label_ids=`` the chooser's ``label_ids.txt``). Choosers: ``typical`` and ``k-center``
+(``suggest strategy=...``), ``k-center-wW`` (with ``uncertainty_weight=W``; ``k-center-w0`` is pure
+k-center) and ``random-sS`` (``suggest strategy=random random_seed=S``: the same pool, the same
 files). ``--rounds 2`` repeats the step from each chooser's own ``N0 + K`` head (the learning curve
 ``N0 -> N0 + K -> N0 + 2K``). Every head has the same recipe (``--preset``, the head's defaults),
 is selected on its own validation slice and scored on the test split.
@@ -15,10 +15,10 @@ Each stage is an ordinary ``dtlabel`` command with its own run folder under ``--
 folder holds ``run.json`` is skipped and an unfinished one continues with ``--resume``. Two
 instances may share ``--out`` if they run different choosers or draws once the ``N0`` heads exist.
 At the end it prints (and writes to ``OUT/suggest-vs-random.md``) the test mIoU of every finished
-head and, per draw, the paired difference of ``suggest`` against the mean of the random draws::
+head and, per draw, the paired difference of each strategy against the mean of the random draws::
 
     OMP_NUM_THREADS=1 python benchmarks/suggest_vs_random.py --data-root PATH/ccp --draws 0 1 2 \\
-        --choosers suggest random-s0 random-s1 random-s2 --out runs/suggest-vs-random
+        --choosers typical k-center random-s0 random-s1 random-s2 --out runs/suggest-vs-random
 """
 
 from __future__ import annotations
@@ -42,18 +42,16 @@ def _miou(folder: Path) -> float | None:
 
 
 def _chooser_words(chooser: str) -> list[str]:
-    if chooser == "suggest":
-        return []
-    if chooser == "typical":
-        return ["strategy=typical"]
-    if chooser.startswith("suggest-w"):
+    if chooser in ("typical", "k-center"):
+        return [f"strategy={chooser}"]
+    if chooser.startswith("k-center-w"):
         try:
-            return [f"uncertainty_weight={float(chooser[9:])}"]
+            return ["strategy=k-center", f"uncertainty_weight={float(chooser[10:])}"]
         except ValueError:
             pass
     if chooser.startswith("random-s") and chooser[8:].isdigit():
         return ["strategy=random", f"random_seed={int(chooser[8:])}"]
-    raise SystemExit(f"--choosers {chooser}: use suggest, suggest-wW (W a number), typical or random-sS (S an integer)")
+    raise SystemExit(f"--choosers {chooser}: use typical, k-center, k-center-wW (W a number) or random-sS (S an integer)")
 
 
 def _fmt(v: float | None) -> str:
@@ -62,7 +60,7 @@ def _fmt(v: float | None) -> str:
 
 def tables(out: Path, n0: int, k: int, rounds: int, draws: list[int], choosers: list[str]) -> str:
     """The markdown of every finished head: one row per (draw, chooser), one column per label count;
-    then, per draw at ``N0 + K``, suggest minus the mean of the random choosers (paired by draw)."""
+    then, per draw at ``N0 + K``, each strategy minus the mean of the random choosers (paired by draw)."""
     ns = [n0 + r * k for r in range(rounds + 1)]
     lines = [f"test mIoU (%) by number of labels; N = {n0} is the draw's starting head\n",
              "| draw | chooser | " + " | ".join(f"N = {n}" for n in ns) + " |", "|---" * (len(ns) + 2) + "|"]
@@ -122,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--add", type=int, default=15, help="K: images each chooser adds per round")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--choosers", nargs="+", default=["suggest", "random-s0", "random-s1", "random-s2"])
+    p.add_argument("--choosers", nargs="+", default=["typical", "k-center", "random-s0", "random-s1", "random-s2"])
     p.add_argument("--preset", default="cpu")
     p.add_argument("--out", default="runs/suggest-vs-random")
     p.add_argument("--png", help="also draw the learning curves (draws with --rounds 2 or more) to this file")

@@ -1,24 +1,28 @@
-"""Which images to label next (``dtlabel suggest``): uncertain, and unlike what is labeled already.
+"""Which images to label next (``dtlabel suggest``): representative, or uncertain and unlike the labels.
 
-Uncertainty alone picks near-duplicates (the same hard scene five times), diversity alone picks
-outliers the head already gets right. Each candidate ``i`` gets a descriptor ``f_i``: every teacher
-feature map the head reads, averaged over its pixels, each map's vector L2-normalised so that no
-block dominates, concatenated and normalised again; and the head's uncertainty score ``u_i`` (mean
-of the top 10% of its per-pixel uncertainty, as synthesize scores images). Selection is k-center
-greedy weighted by uncertainty: starting from the labeled images as centres, take
+Each candidate ``i`` gets a descriptor ``f_i``: every teacher feature map the head reads, averaged
+over its pixels, each map's vector L2-normalised so that no block dominates, concatenated and
+normalised again; and the head's uncertainty score ``u_i`` (mean of the top 10% of its per-pixel
+uncertainty, as synthesize scores images). Deterministic: the features use the evaluation noise of
+each candidate's index. Three strategies; docs/RESULTS.md measures them on CCP (10 -> 25 labels,
+3 label draws x 3 random seeds), and the default is the one that measured best there.
+
+``strategy=typical`` (the default) follows the low-budget finding that with few labels the
+representative images help more than the uncertain ones (Hacohen et al., "Active learning on a
+budget", 2022, TypiClust): k-means on the descriptors of the labeled images and the candidates
+together, with as many clusters as labeled images plus ``K``; the clusters with the fewest labeled
+images, largest first, each give their most typical candidate (typicality: the inverse mean
+distance to its 20 nearest neighbours in the pool). It never picks two near-duplicates (one per
+cluster) nor an outlier (lowest typicality).
+
+``strategy=k-center`` is k-center greedy weighted by uncertainty: starting from the labeled images
+as centres, take
 
     argmax_i  d_i * (u_i + eps) ** uncertainty_weight,   d_i = min over centres c of |f_i - f_c|,
 
 add it to the centres, and repeat ``K`` times (ties: the lowest index). ``uncertainty_weight = 0``
-is pure k-center (coreset) selection; a large weight approaches uncertainty ranking. Deterministic:
-the features use the evaluation noise of each candidate's index.
-
-``strategy=typical`` follows the low-budget finding that with few labels the representative
-images help more than the uncertain ones (Hacohen et al., "Active learning on a budget", 2022,
-TypiClust): k-means on the descriptors of the labeled images and the candidates together, with as
-many clusters as labeled images plus ``K``; the clusters with the fewest labeled images, largest
-first, each give their most typical candidate (typicality: the inverse mean distance to its 20
-nearest neighbours in the pool). docs/RESULTS.md measures the three strategies on CCP.
+is pure k-center (coreset) selection; a large weight approaches uncertainty ranking. On CCP at 10
+labels it picks the unusual scenes (loud backgrounds, odd poses) and loses to random.
 
 ``strategy=random`` is the baseline a user measures the ranking against (docs/RESULTS.md does so
 on CCP): ``K`` candidates drawn with ``random_seed``, described and scored the same way, so its

@@ -59,7 +59,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_suggest_writes_a_ranking_a_sheet_and_labels_train_head_takes(head: Path, tmp_path: Path) -> None:
     out = tmp_path / "s1"
-    assert main(["suggest", *TINY, "--head", str(head), "--n", "5", "--out", str(out)]) == 0
+    assert main(["suggest", *TINY, "--head", str(head), "--n", "5", "strategy=k-center", "--out", str(out)]) == 0
     rows = json.loads((out / "suggestions.json").read_text())["suggestions"]
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5] and all(r["why"].startswith("distance") for r in rows)
     assert (out / "contact_sheet.png").is_file() and (out / "suggestions.csv").read_text().count("\n") == 6
@@ -68,7 +68,7 @@ def test_suggest_writes_a_ranking_a_sheet_and_labels_train_head_takes(head: Path
     ids = (out / "label_ids.txt").read_text().split()
     assert sorted(ids) == sorted([*old, *(r["name"] for r in rows)])
     again = tmp_path / "s2"
-    assert main(["suggest", *TINY, "--head", str(head), "--n", "5", "--out", str(again)]) == 0
+    assert main(["suggest", *TINY, "--head", str(head), "--n", "5", "strategy=k-center", "--out", str(again)]) == 0
     assert (again / "suggestions.csv").read_bytes() == (out / "suggestions.csv").read_bytes()
     teacher = json.loads((head / "run.json").read_text())["teacher"]
     nxt = tmp_path / "head13"
@@ -121,13 +121,15 @@ def test_random_baseline_draws_from_the_same_pool_and_repeats(head: Path, tmp_pa
 
 def test_suggest_unknown_strategy(head: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     code, _, err = cli("suggest", *TINY, "--head", head, "--n", "2", "strategy=entropy", "--out", tmp_path / "a")
-    assert code == 2 and err.count("\n") == 1 and "strategy=entropy" in err and "k-center, typical, random" in err
+    assert code == 2 and err.count("\n") == 1 and "strategy=entropy" in err and "typical, k-center, random" in err
 
 
-def test_typical_strategy_runs_and_avoids_the_labels(head: Path, tmp_path: Path) -> None:
+def test_default_typical_strategy_avoids_the_labels_and_repeats(head: Path, tmp_path: Path) -> None:
     labels = json.loads((head / "labels.json").read_text())
-    assert main(["suggest", *TINY, "--head", str(head), "--n", "4", "strategy=typical", "--out", str(tmp_path / "t")]) == 0
+    assert main(["suggest", *TINY, "--head", str(head), "--n", "4", "--out", str(tmp_path / "t")]) == 0  # the default
     rows = json.loads((tmp_path / "t" / "suggestions.json").read_text())["suggestions"]
     names = [r["name"] for r in rows]
     assert len(set(names)) == 4 and not set(names) & {*labels["ids"], *labels["val_ids"]}
     assert all(r["why"].startswith("most typical image of a cluster") and r["score"] > 0 for r in rows)
+    assert main(["suggest", *TINY, "--head", str(head), "--n", "4", "--out", str(tmp_path / "t2")]) == 0
+    assert (tmp_path / "t2" / "suggestions.csv").read_bytes() == (tmp_path / "t" / "suggestions.csv").read_bytes()

@@ -2,9 +2,9 @@
 
 Candidates are the images of ``--images DIR``, or the data set's training pool without the head's
 labeled and validation images (only their pixels are read, never their masks). Ranking:
-:mod:`dtlabel.suggest` (``strategy=k-center``: teacher-feature k-center greedy weighted by the head's
-uncertainty, starting from the head's labeled images; ``typical``: the most typical image of each
-unlabeled k-means cluster; ``random``: the baseline). Writes ``suggestions.csv`` / ``suggestions.json`` (rank, name,
+:mod:`dtlabel.suggest` (``strategy=typical``, the default: the most typical image of each unlabeled
+k-means cluster of teacher descriptors; ``k-center``: k-center greedy weighted by the head's
+uncertainty, from the head's labeled images; ``random``: the baseline). Writes ``suggestions.csv`` / ``suggestions.json`` (rank, name,
 score, distance, uncertainty, why), ``contact_sheet.png`` (the images with their current
 pseudo-labels) and, for a data set, ``label_ids.txt``: the head's labels plus the suggestions, for
 ``train-head label_ids=RUN/label_ids.txt`` once they are labeled.
@@ -35,7 +35,7 @@ from dtlabel.runs import Run, read_run
 from dtlabel.suggest import in_order, random_order, read_candidates, typical_picks, weighted_k_center, why
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("k-center", "typical", "random")
+STRATEGIES = ("typical", "k-center", "random")
 
 
 def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
