@@ -184,22 +184,22 @@ def typical_picks(features: np.ndarray, uncertainty: np.ndarray, centres: np.nda
     size = np.bincount(assign, minlength=assign.max() + 1)
     order = sorted(range(len(size)), key=lambda j: (labeled[j], -size[j], j))
     taken = np.zeros(len(features), dtype=bool)
-    picks: list[Pick] = []
+    chosen: list[int] = []
     notes: list[str] = []
-    seen = [centres.reshape(-1, features.shape[1])]
-    while len(picks) < k:
+    while len(chosen) < k:
         for j in order:
             members = np.flatnonzero((assign[m:] == j) & ~taken)
-            if len(picks) == k or not len(members):
+            if len(chosen) == k or not len(members):
                 continue
             i = int(members[np.argmax(typicality[m + members])])
-            pool = np.concatenate(seen)
-            d = float(np.min(np.linalg.norm(pool - features[i], axis=1))) if len(pool) else 1.0
-            picks.append(Pick(len(picks) + 1, i, float(typicality[m + i]), d, float(uncertainty[i])))
+            chosen.append(i)
             notes.append(f"most typical image of a cluster of {size[j]} ({labeled[j]} labeled; typicality "
                          f"{typicality[m + i]:.2f}), uncertainty {uncertainty[i]:.3f}")
             taken[i] = True
-            seen.append(features[i:i + 1])
+    # distances as a draw in this order would have them; the score is the typicality
+    steps = in_order(features[chosen], uncertainty[chosen], centres)
+    picks = [Pick(p.rank, chosen[p.index], float(typicality[m + chosen[p.index]]), p.distance, p.uncertainty)
+             for p in steps]
     return picks, notes
 
 

@@ -4,10 +4,11 @@ Candidates are the images of ``--images DIR``, or the data set's training pool w
 labeled and validation images (only their pixels are read, never their masks). Ranking:
 :mod:`dtlabel.suggest` (``strategy=typical``, the default: the most typical image of each unlabeled
 k-means cluster of teacher descriptors; ``k-center``: k-center greedy weighted by the head's
-uncertainty, from the head's labeled images; ``random``: the baseline). Writes ``suggestions.csv`` / ``suggestions.json`` (rank, name,
-score, distance, uncertainty, why), ``contact_sheet.png`` (the images with their current
-pseudo-labels) and, for a data set, ``label_ids.txt``: the head's labels plus the suggestions, for
-``train-head label_ids=RUN/label_ids.txt`` once they are labeled.
+uncertainty, from the head's labeled images; ``random``: the baseline). Writes
+``suggestions.csv`` / ``suggestions.json`` (rank, name, score, distance, uncertainty, why),
+``contact_sheet.png`` (the images with their current pseudo-labels) and, for a data set,
+``label_ids.txt``: the head's labels plus the suggestions, for ``train-head
+label_ids=RUN/label_ids.txt`` once they are labeled.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     progress = not getattr(args, "quiet", False)
     weight = float(cfg.uncertainty_weight)
     # the random baseline reads only its K draws (in draw order); the ranking reads the whole pool
-    order = random_order(len(pool.names), k, int(cfg.random_seed)) if strategy == "random" else range(len(pool.names))
-    index = list(order)
+    n_pool = len(pool.names)
+    index = random_order(n_pool, k, int(cfg.random_seed)) if strategy == "random" else list(range(n_pool))
     cands = read_candidates([pool.names[i] for i in index], lambda j: to_tensor(resized(pool.read(index[j]), size)), head,
                             feats, seed, size, bs, progress)
     centres = np.zeros((0, cands.features.shape[1]))
@@ -92,22 +93,17 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         centres = have.features
     if strategy == "random":
         picks = in_order(cands.features, cands.uncertainty, centres, weight)
-        rows = [{"rank": p.rank, "name": cands.names[p.index], "score": round(p.score, 6),
-                 "distance": round(p.distance, 6), "uncertainty": round(p.uncertainty, 6),
-                 "why": f"random draw {p.rank} of {k} (random_seed {int(cfg.random_seed)}): the baseline, no ranking"}
+        whys = [f"random draw {p.rank} of {k} (random_seed {int(cfg.random_seed)}): the baseline, no ranking"
                 for p in picks]
     elif strategy == "typical":
-        picks, notes = typical_picks(cands.features, cands.uncertainty, centres, k, int(cfg.random_seed))
-        rows = [{"rank": p.rank, "name": cands.names[p.index], "score": round(p.score, 6),
-                 "distance": round(p.distance, 6), "uncertainty": round(p.uncertainty, 6), "why": note}
-                for p, note in zip(picks, notes)]
+        picks, whys = typical_picks(cands.features, cands.uncertainty, centres, k, int(cfg.random_seed))
     else:
         picks = weighted_k_center(cands.features, cands.uncertainty, centres, k, weight)
         first = np.min(np.linalg.norm(cands.features[:, None] - centres[None], axis=2), axis=1) if len(centres) \
             else np.ones(len(cands.names))
-        rows = [{"rank": p.rank, "name": cands.names[p.index], "score": round(p.score, 6),
-                 "distance": round(p.distance, 6), "uncertainty": round(p.uncertainty, 6),
-                 "why": why(p, first, cands.uncertainty)} for p in picks]
+        whys = [why(p, first, cands.uncertainty) for p in picks]
+    rows = [{"rank": p.rank, "name": cands.names[p.index], "score": round(p.score, 6), "distance": round(p.distance, 6),
+             "uncertainty": round(p.uncertainty, 6), "why": w} for p, w in zip(picks, whys)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -132,4 +128,4 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
              ", ".join(r["name"] for r in rows[:5]) + (" ..." if k > 5 else ""))
     return {"k": k, "pool": len(pool.names), "strategy": strategy, "suggestions": "suggestions.csv",
             "label_ids": "label_ids.txt" if not cfg.inputs.get("images") else None,
-            "uncertainty_weight": float(cfg.uncertainty_weight)}
+            "uncertainty_weight": weight}
