@@ -11,6 +11,8 @@ stages (``--stages`` picks some, in this order):
 - ``synth-img``:    ``synthesize --images UNLABELED`` with the head of the better *validation* mIoU
                     (pseudo-labels of the real unlabeled photos, at the data size)
 - ``student-pr``:   ``train-student --synth synth-img --labels N`` (pseudo-labels + the N real labels)
+- ``student-2s``:   ``train-student --init student-pr --labels N`` (two-stage: the student-pr student
+                    fine-tuned on the N real labels alone, the scratch recipe from its weights)
 - ``student-p``:    ``train-student --synth synth-img`` (pseudo-labels only)
 - ``synth-sampled``: ``synthesize --n SAMPLES`` (teacher samples labeled by the same head)
 - ``student-s``:    ``train-student --synth synth-sampled --labels N`` (sampled pseudo-labels + the N real labels)
@@ -40,9 +42,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stages import done, run_stage  # noqa: E402
 
-STAGES = ("scratch", "head-int", "head-mlp", "synth-img", "student-pr", "student-p", "synth-sampled", "student-s")
+STAGES = ("scratch", "head-int", "head-mlp", "synth-img", "student-pr", "student-2s", "student-p", "synth-sampled",
+          "student-s")
 LABELS = {"scratch": "scratch student (N real labels)", "head-int": "head: interpreter",
           "head-mlp": "head: mlp-ensemble", "student-pr": "student (pseudo-labels + N real labels)",
+          "student-2s": "two-stage student (student-pr, then a fine-tune on the N real labels)",
           "student-p": "student (pseudo-labels only)",
           "student-s": "student (sampled pseudo-labels + N real labels)"}
 
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "synth-img": lambda: ["synthesize", "--images", str(unlabeled), "--teacher", args.teacher, "--head", str(head()),
                               size()],
         "student-pr": lambda: ["train-student", "--synth", str(folder["synth-img"]), "--labels", str(n), *draw_s],
+        "student-2s": lambda: ["train-student", "--init", str(folder["student-pr"]), "--labels", str(n), *draw_s],
         "student-p": lambda: ["train-student", "--synth", str(folder["synth-img"]), *draw_s],
         "synth-sampled": lambda: ["synthesize", "--n", str(args.samples), "--teacher", args.teacher, "--head",
                                   str(head()), f"synth.sample_steps={args.sample_steps}"],
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from results_table import metrics_table, synth_table
 
-    rows = [(LABELS[s], folder[s]) for s in ("head-int", "head-mlp", "student-pr", "student-p", "student-s", "scratch")
+    rows = [(LABELS[s], folder[s]) for s in ("head-int", "head-mlp", "student-pr", "student-2s", "student-p", "student-s",
+                                                 "scratch")
             if done(folder[s])]
     text = []
     if rows:
