@@ -147,6 +147,23 @@ def test_time_budget_then_resume_matches(teacher: Path, pretrained: Path, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_feature_cache_computes_each_draw_once_and_changes_nothing(teacher: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    # 28 pool images, batch 4, 21 steps = 3 passes with one noise draw: every (image, flip) is computed once
+    args = [*TINY, "--teacher", str(teacher), "pretrain.steps=21", "pretrain.cache_draws=1", "pretrain.pictures=0"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["pretrain", *args, "--out", str(first)]) == 0
+    entries = [p for p in (first / "feature_cache").rglob("*") if p.is_dir() and len(p.name) > 2]
+    assert 28 <= len(entries) <= 2 * 28 < 21 * 4  # at most one entry per image and flip, reused across passes
+    # a second run reads every target from the first run's cache: the same backbone, byte for byte
+    assert main(["pretrain", *args, f"pretrain.cache_dir={first / 'feature_cache'}", "--out", str(second)]) == 0
+    assert not (second / "feature_cache").exists()
+    a, b = (load_file(str(p / "backbone" / "backbone.safetensors")) for p in (first, second))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((second / "run.json").read_text())["cache_draws"] == 1
+
+
 def test_input_errors(teacher: Path, cli, tmp_path: Path) -> None:  # noqa: ANN001
     def err(*args: str) -> str:
         code, _, e = cli("pretrain", *TINY, "--out", tmp_path / str(len(list(tmp_path.iterdir()))), *args)
@@ -157,6 +174,7 @@ def test_input_errors(teacher: Path, cli, tmp_path: Path) -> None:  # noqa: ANN0
     assert "teacher folder not found" in err("--teacher", str(tmp_path / "missing"))
     assert "pretrain.backbone=vit_tiny_patch16_224" in err("--teacher", str(teacher), "pretrain.backbone=vit_tiny_patch16_224")
     assert "pretrain.teacher_norm=batch" in err("--teacher", str(teacher), "pretrain.teacher_norm=batch")
+    assert "pretrain.cache_draws=-1" in err("--teacher", str(teacher), "pretrain.cache_draws=-1")
     assert "pretrain.mapping names ['nope']" in err("--teacher", str(teacher), "+pretrain.mapping={nope: 1}")
     assert "--head" in err("--teacher", str(teacher), "--head", str(tmp_path / "nohead"))
 

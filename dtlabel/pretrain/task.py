@@ -4,6 +4,8 @@ Each step takes a batch of the label-free pool's deterministic stream at the dat
 (horizontal flip is the only augmentation, as in the paper), computes the teacher's features of the
 flipped images **online with fresh noise** (pass ``e`` over the pool uses noise stream ``e + 1``: the
 noise acts as feature-space augmentation, docs/METHOD.md §2) at the teacher reading the head uses,
+or, with ``pretrain.cache_draws=K``, stream ``e mod K + 1`` read through a feature cache, so that
+each flipped or unflipped image's K draws are computed once and later passes skip the teacher,
 and regresses them with ``L_feat = L_MSE + at_weight * L_AT`` (:mod:`dtlabel.pretrain.losses`).
 With a head (mix distillation) the head's probabilities on the same teacher features are distilled
 into class logits on the finest regressor level: ``L_mix = L_feat + kd_weight * KD(tau)``.
@@ -34,6 +36,8 @@ def check_pretrain_options(pc: DictConfig) -> None:
     for key in ("batch_size", "width", "log_every", "checkpoint_every", "epochs"):
         if int(pc[key]) < 1:
             raise ConfigError(f"pretrain.{key}={pc[key]} must be >= 1")
+    if int(pc.get("cache_draws") or 0) < 0:
+        raise ConfigError(f"pretrain.cache_draws={pc.cache_draws} must be >= 0 (0: online features, no cache)")
     if pc.get("steps") is not None and int(pc.steps) < 1:
         raise ConfigError(f"pretrain.steps={pc.steps} must be >= 1 or null")
     if str(pc.teacher_norm) not in NORMS:
@@ -88,7 +92,9 @@ class PretrainTask(Task):
 
     def targets(self, images: torch.Tensor, positions: Any, indices: Any) -> dict[str, Any]:
         """Teacher maps (and the head's log-probabilities for mix) of ``images (B, 3, H, W)``."""
-        noise = [seeds.noise(self.seed, 1 + int(p) // self.n, int(i)) for p, i in zip(positions, indices)]
+        draws = int(self.pc.get("cache_draws") or 0)  # with a cache, pass e re-reads noise draw e mod K
+        noise = [seeds.noise(self.seed, 1 + (int(p) // self.n) % draws if draws else 1 + int(p) // self.n, int(i))
+                 for p, i in zip(positions, indices)]
         with torch.no_grad():
             teacher = self.feats(images, noise)
             soft = None
