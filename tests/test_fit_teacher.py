@@ -268,3 +268,11 @@ def test_a_teacher_stopped_by_its_budget_says_so_when_used(tmp_path: Path, caplo
     with caplog.at_level(logging.WARNING):
         load_teacher(out)
     assert any("stopped early (time budget) at step 1 of 6" in r.getMessage() for r in caplog.records)
+    # a budget-scheduled run annealed by its budget's end: said so, without asking for --resume
+    annealed = tmp_path / "annealed"
+    assert main([*ARGS, "fit.max_minutes=0.0001", "fit.schedule=budget", "--out", str(annealed)]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_teacher(annealed)
+    said = [r.getMessage() for r in caplog.records if "time budget" in r.getMessage()]
+    assert len(said) == 1 and "fit.schedule=budget" in said[0] and "--resume" not in said[0]
