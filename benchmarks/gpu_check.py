@@ -78,7 +78,10 @@ def prepare(data_root: Path, out: Path, size: tuple[int, int] = (192, 128), whee
             im = im.convert("RGB") if kind == "jpg" else im
             im = im.resize((w, h), resample)
             target = dst / sub / (f.stem + f.suffix)
-            im.save(target, quality=90) if kind == "jpg" else im.save(target)
+            if kind == "jpg":
+                im.save(target, quality=90)
+            else:
+                im.save(target)
     for name in ("classes.json", "LICENSE", "README.md"):
         if (data_root / name).is_file():
             shutil.copy2(data_root / name, dst / name)

@@ -19,6 +19,7 @@ import argparse
 import os
 import resource
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -57,12 +58,11 @@ def main(argv: list[str] | None = None) -> int:
                           match_levels(teacher.feature_spec, teacher.image_size, size), int(pc.width))
     bs = int(pc.batch_size)
     images = torch.rand(bs * 4, 3, *size) * 2 - 1
-    task = PretrainTask(net, TeacherFeatures(teacher, chunk=int(pc.teacher_batch) if pc.get("teacher_batch") else None),
-                        TensorDataset(images), pc, 0, device)
+    chunk = int(pc.teacher_batch) if pc.get("teacher_batch") else None
+    task = PretrainTask(net, TeacherFeatures(teacher, chunk=chunk), TensorDataset(images), pc, 0, device)
     cache_root = Path(tempfile.mkdtemp(prefix="pretrain-cache-"))
     cached_pc = pc.copy()
     cached_pc.cache_draws = 1
-    chunk = int(pc.teacher_batch) if pc.get("teacher_batch") else None
     cached = PretrainTask(net, TeacherFeatures(teacher, FeatureCache(cache_root), chunk=chunk), TensorDataset(images),
                           cached_pc, 0, device)
     opt = torch.optim.AdamW(net.parameters(), lr=task.lr, betas=(0.9, 0.95), weight_decay=0.05)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         step(targets())
         times["whole"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        hit = cached.targets(x, pos, pos)
+        cached.targets(x, pos, pos)
         times["hit"].append(time.perf_counter() - t)
         t = time.perf_counter()
         step(cached.targets(x, pos, pos))
@@ -113,9 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwhole / (teacher + student) = {ratio:.3f} (target <= 1.10); {bs / med['whole']:.2f} images/s online, "
           f"{bs / med['cached']:.2f} with a warm cache (step speed-up {med['whole'] / med['cached']:.2f}x; "
           f"{entry_mb:.2f} MB per cache entry); peak RSS {rss:.0f} MiB\n\nCommand: `{cmd}`")
-    del hit
-    import shutil
-
     shutil.rmtree(cache_root, ignore_errors=True)
     return 0
 

@@ -81,8 +81,9 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
                           num_classes=head.num_classes if head is not None else 0).to(device)
     images = ImageDataset(source, None, build_transform(size, train=False))
     chunk = int(pc.teacher_batch) if pc.get("teacher_batch") else None
+    cache_draws = int(pc.get("cache_draws") or 0)
     cache = None
-    if int(pc.get("cache_draws") or 0):
+    if cache_draws:
         cache = FeatureCache(Path(str(pc.cache_dir)) if pc.get("cache_dir") else run.path / "feature_cache")
     task = PretrainTask(net, TeacherFeatures(teacher, cache, chunk=chunk), images, pc, seed, device,
                         int(cfg.num_workers), head)
@@ -95,7 +96,7 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
              {n: f"stride {STRIDES[lv]}" for n, lv in levels.items()}, ", mix distillation" if head is not None else "")
     if cache is not None:
         log.info("pretrain: teacher features cached in %s (%d noise draws per image and flip)", cache.root,
-                 int(pc.cache_draws))
+                 cache_draws)
     result = train(task, task.loop_config(str(cfg.amp), pc.get("max_minutes")), run.path, device,
                    progress=not getattr(args, "quiet", False))
     if result.stopped:  # like fit-teacher: the backbone reached so far is exported, --resume continues
@@ -105,7 +106,7 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
             "teacher_hash": teacher.teacher_hash(), "teacher": teacher.describe(), "mapping": matched,
             "teacher_norm": str(pc.teacher_norm), "steps": result.steps, "steps_planned": result.total, "stopped_early": result.stopped, "images_seen": result.steps * task.batch,
             "pool_size": len(images), "data": bundle.name, "data_size": list(size), "mix": head is not None,
-            "head": str(cfg.inputs.head) if head is not None else None, "cache_draws": int(pc.get("cache_draws") or 0)}
+            "head": str(cfg.inputs.head) if head is not None else None, "cache_draws": cache_draws}
     if dist.is_main():
         save_backbone(run.path / BACKBONE, net.backbone, **desc)
         save_training_curves(run.path, f"pretrain {pc.backbone}", "L_MSE + w_AT L_AT" + (" + KD" if head else ""))

@@ -76,6 +76,7 @@ class PretrainTask(Task):
         self.total = int(pc.steps) if pc.get("steps") is not None else int(pc.epochs) * self.per_epoch
         self.images_per_step = self.batch
         self.lr = float(pc.base_lr) * self.batch / 256  # the paper's lr at batch 256, scaled linearly
+        self.cache_draws = int(pc.get("cache_draws") or 0)  # 0: fresh noise every pass
 
     def loop_config(self, amp: str, max_minutes: float | None) -> LoopConfig:
         pc = self.pc
@@ -92,9 +93,9 @@ class PretrainTask(Task):
 
     def targets(self, images: torch.Tensor, positions: Any, indices: Any) -> dict[str, Any]:
         """Teacher maps (and the head's log-probabilities for mix) of ``images (B, 3, H, W)``."""
-        draws = int(self.pc.get("cache_draws") or 0)  # with a cache, pass e re-reads noise draw e mod K
-        noise = [seeds.noise(self.seed, 1 + (int(p) // self.n) % draws if draws else 1 + int(p) // self.n, int(i))
-                 for p, i in zip(positions, indices)]
+        passes = [int(p) // self.n for p in positions]  # with a cache, pass e re-reads noise draw e mod K
+        streams = [1 + (e % self.cache_draws if self.cache_draws else e) for e in passes]
+        noise = [seeds.noise(self.seed, stream, int(i)) for stream, i in zip(streams, indices)]
         with torch.no_grad():
             teacher = self.feats(images, noise)
             soft = None
