@@ -10,9 +10,12 @@ stages (``--stages`` picks some, in this order):
 - ``head-mlp``:     ``train-head --labels N head.kind=mlp-ensemble`` (pixel-MLP ensemble)
 - ``synth-img``:    ``synthesize --images UNLABELED`` with the head of the better *validation* mIoU
                     (pseudo-labels of the real unlabeled photos, at the data size)
-- ``student-pr``:   ``train-student --synth synth-img --labels N`` (pseudo-labels + the N real labels)
-- ``student-2s``:   ``train-student --init student-pr --labels N`` (two-stage: the student-pr student
-                    fine-tuned on the N real labels alone, the scratch recipe from its weights)
+- ``student-pr``:   ``train-student --synth synth-img --labels N student.stage2_epochs=0`` (one stage:
+                    pseudo-labels + the N real labels)
+- ``student-2s``:   ``train-student --init student-pr --labels N`` (the student-pr student fine-tuned on
+                    the N real labels alone, the scratch recipe from its weights: the default two-stage
+                    recipe of ``train-student --synth --labels`` in two commands, the same student, with
+                    a row for each stage)
 - ``student-p``:    ``train-student --synth synth-img`` (pseudo-labels only)
 - ``synth-sampled``: ``synthesize --n SAMPLES`` (teacher samples labeled by the same head)
 - ``student-s``:    ``train-student --synth synth-sampled --labels N`` (sampled pseudo-labels + the N real labels)
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                              *draw_h],
         "synth-img": lambda: ["synthesize", "--images", str(unlabeled), "--teacher", args.teacher, "--head", str(head()),
                               size()],
-        "student-pr": lambda: ["train-student", "--synth", str(folder["synth-img"]), "--labels", str(n), *draw_s],
+        "student-pr": lambda: ["train-student", "--synth", str(folder["synth-img"]), "--labels", str(n), *draw_s,
+                               "student.stage2_epochs=0"],
         "student-2s": lambda: ["train-student", "--init", str(folder["student-pr"]), "--labels", str(n), *draw_s],
         "student-p": lambda: ["train-student", "--synth", str(folder["synth-img"]), *draw_s],
         "synth-sampled": lambda: ["synthesize", "--n", str(args.samples), "--teacher", args.teacher, "--head",

@@ -110,6 +110,40 @@ def test_time_budget_mid_epoch_with_synth_resumes_to_the_same_student(synth: Pat
     assert _students_equal(tmp_path / "full", out)
 
 
+def test_two_stage_is_the_mixed_student_then_init_on_the_real_labels(synth: Path, tmp_path: Path) -> None:
+    """With --synth and --labels the default is two stages in one run; it makes the very student
+    of the two-command form (a one-stage run, then --init from it on the labels alone)."""
+    args = ["train-student", *TINY, "--labels", "8"]
+    two = tmp_path / "two"
+    assert main([*args, "--synth", str(synth), "--out", str(two)]) == 0
+    one = tmp_path / "one"
+    assert main([*args, "--synth", str(synth), "student.stage2_epochs=0", "--out", str(one)]) == 0
+    assert main([*args, "--init", str(one), "--out", str(tmp_path / "init")]) == 0
+    assert _students_equal(two, tmp_path / "init")
+    desc, first = (json.loads((p / "run.json").read_text()) for p in (two, one))
+    assert first["stage1"] is None and desc["stage1"]["steps"] == first["steps"] == 2 * (12 // 3)
+    assert desc["stage1"]["val_miou"] == first["val_miou"] and desc["steps"] == 2 * (8 // 4)
+    assert json.loads((two / "metrics.json").read_text())["synth"] == "synth+real, then real"
+    for name in ("metrics.jsonl", "loss.png", "miou.png"):
+        assert (two / "stage1" / name).is_file() and (two / name).is_file(), name
+    assert not (two / "stage1" / "checkpoints").exists()  # not needed once the student is saved
+
+
+def test_two_stage_time_budget_resumes_step_by_step_to_the_same_student(synth: Path, tmp_path: Path) -> None:
+    """A 0-minute budget stops after one step; resumed with it again and again, the run crosses from
+    stage 1 to stage 2 and ends with the student of an uninterrupted run."""
+    args = ["train-student", *TINY, "--synth", str(synth), "--labels", "8", "student.epochs=1", "student.stage2_epochs=1"]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    out, calls = tmp_path / "split", 0
+    while not (out / "run.json").exists():
+        assert main([*args, "student.max_minutes=0", "--out", str(out), *(["--resume"] if calls else [])]) == 0
+        calls += 1
+        assert calls <= 8
+    # at least one step per call (4 in stage 1, 2 in stage 2); the call that ends stage 1 takes one of stage 2
+    assert calls == 12 // 3 + 8 // 4 - 1
+    assert _students_equal(tmp_path / "full", out)
+
+
 def test_synth_soft_kd(synth: Path, tmp_path: Path) -> None:
     out = tmp_path / "kd"
     assert main(["train-student", *TINY, "--synth", str(synth), "--out", str(out)]) == 0
@@ -130,12 +164,13 @@ def test_synth_hard_mixed_with_real(synth: Path, tmp_path: Path) -> None:
     out = tmp_path / "mix"
     assert main(["train-student", *TINY, "--synth", str(synth), "--labels", "8", "student.synth_loss=hard",
                  "student.drop_uncertain=0.25", "student.real_ratio=0.5", "--out", str(out)]) == 0
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (out / "stage1" / "metrics.jsonl").read_text().splitlines()]
     step = rows[0]
     assert {"real", "synth", "ce", "dice"} <= step.keys()
     assert step["loss"] == pytest.approx(0.5 * step["real"] + 0.5 * step["synth"], abs=1e-4)
     desc = json.loads((out / "run.json").read_text())
-    assert desc["steps"] == 2 * (9 // 2)  # 12 samples minus 25% dropped, 2 synth images per step
+    # stage 1: 12 samples minus 25% dropped, 2 synth images per step; stage 2: 8 labels, batch 4
+    assert desc["stage1"]["steps"] == 2 * (9 // 2) and desc["steps"] == 2 * (8 // 4)
 
 
 def test_ddp_two_processes_gloo(synth: Path, tmp_path: Path) -> None:
@@ -147,7 +182,8 @@ def test_ddp_two_processes_gloo(synth: Path, tmp_path: Path) -> None:
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     desc = json.loads((out / "run.json").read_text())
-    assert desc["world_size"] == 2 and desc["steps"] == 2 * (12 // (3 * 2))
+    assert desc["world_size"] == 2 and desc["stage1"]["steps"] == 2 * (12 // (3 * 2))
+    assert desc["steps"] == 2 * (8 // (4 * 2))  # stage 2: the 8 labels, 4 per process
     assert (out / "student" / "student.safetensors").is_file() and (out / "metrics.json").is_file()
 
 

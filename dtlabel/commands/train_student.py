@@ -2,7 +2,11 @@
 
 Inputs: ``--synth DIR`` (a finished ``dtlabel synthesize`` run, streamed from its shards),
 ``--labels N`` (N real labeled images, the same deterministic choice as ``train-head`` with the
-same N and seed) or both, mixed per batch (``student.real_ratio`` of each batch is real).
+same N and seed) or both, mixed per batch (``student.real_ratio`` of each batch is real). With
+both, the default is two stages: the mixed stage in ``stage1/``, then ``student.stage2_epochs``
+(null: ``epochs``) on the real labels alone from its selected weights, the same student as a
+one-stage run followed by ``--init`` from it (the noisy-student / pseudo-label pre-training
+schedule: the real labels get the last word, so the pseudo-labels' errors do not cap the student).
 
 The losses, the synth augmentation and the per-epoch scoring are the task's
 (``dtlabel/students/task.py``); the loop, mixed precision (``amp``), DDP under torchrun, the time
@@ -17,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
+import time
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dtlabel import dist
 from dtlabel.data import build_data, data_size
@@ -175,16 +181,41 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
     model.to(device)
     task = StudentTask(model, source, label_ids, synth, val_ids, test_ids, size, sc, seed, device, str(cfg.amp),
                        int(cfg.num_workers), unused)
-    log.info("train-student %s/%s (%.2fM parameters) on %s: %d epochs x %d steps, batch %d (%d real + %d synth)%s, "
+    stage2_epochs = int(sc.epochs) if sc.get("stage2_epochs", 0) is None else int(sc.get("stage2_epochs", 0))
+    two_stage = synth is not None and bool(label_ids) and stage2_epochs > 0
+    log.info("train-student %s/%s (%.2fM parameters) on %s: %d epochs x %d steps, batch %d (%d real + %d synth)%s%s, "
              "%d validation (%s), %d test, %d process(es)", spec.arch, spec.encoder_name,
              sum(p.numel() for p in model.parameters()) / 1e6, task.mode, int(sc.epochs), task.epoch_steps,
              int(sc.batch_size), task.n_real, task.n_syn,
              f", synth loss {sc.synth_loss}" + (f" tau {sc.tau}" if str(sc.synth_loss) == "soft" else "") if synth else "",
+             f", then {stage2_epochs} epochs on the real labels alone (two-stage)" if two_stage else "",
              len(val_ids), val_origin, len(test_ids), world)
-    result = train(task, task.loop_config(sc.get("max_minutes")), run.path, device,
-                   progress=not getattr(args, "quiet", False))
+    progress = not getattr(args, "quiet", False)
+    budget = sc.get("max_minutes")
+    # two-stage recipe: the mixed stage trains in stage1/, then the scratch recipe on the real labels
+    # alone continues from its selected weights in the run folder (as `--init stage1-run` would)
+    started = time.time()
+    result = train(task, task.loop_config(budget), run.path / "stage1" if two_stage else run.path, device, progress)
     if result.stopped:
-        raise TimeBudgetReached("train-student", result.steps, result.total)
+        raise TimeBudgetReached("train-student" + (" (stage 1 of 2)" if two_stage else ""), result.steps, result.total)
+    stage1 = None
+    if two_stage:
+        chosen1 = result.selected.get("metrics") or {}
+        stage1 = {"folder": "stage1", "mode": task.mode, "steps": result.steps, "selected_step": result.selected["step"],
+                  "val_miou": chosen1.get("val_miou"), "test_miou": chosen1.get("test_miou")}
+        log.info("stage 1 (%s) done: validation mIoU %s at step %s; stage 2: the %d real labels alone", task.mode,
+                 stage1["val_miou"], stage1["selected_step"], len(label_ids))
+        if rank == 0:
+            save_training_curves(run.path / "stage1", f"train-student stage 1 {spec.arch}/{spec.encoder_name} ({task.mode})")
+        sc = OmegaConf.merge(sc, {"epochs": stage2_epochs})
+        task = StudentTask(model, source, label_ids, None, val_ids, test_ids, size, sc, seed, device, str(cfg.amp),
+                           int(cfg.num_workers), unused)
+        # max_minutes is this session's wall time: stage 2 gets what stage 1 left of it (at least one step)
+        left = None if budget is None else max(float(budget) - (time.time() - started) / 60, 1e-6)
+        result = train(task, task.loop_config(left), run.path, device, progress)
+        if result.stopped:
+            raise TimeBudgetReached("train-student (stage 2 of 2)", result.steps, result.total)
+    mode = f"{stage1['mode']}, then real" if stage1 else task.mode
     model.eval()
 
     ev = score_student(model, source, test_ids, size, int(sc.eval_batch_size), device, str(cfg.amp),
@@ -197,15 +228,17 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
     test: dict[str, Any] = ev.cm.summary(names)
     if rank == 0:
         test = write_metrics(run.path / "metrics.json", ev.cm, names, "test", len(test_ids), size, n_test=len(test_ids),
-                             val=val, selected=selected, labels=n_labels, synth=task.mode,
+                             val=val, selected=selected, labels=n_labels, synth=mode,
                              student=f"{spec.arch}/{spec.encoder_name}")
-        title = f"{spec.arch}/{spec.encoder_name} ({task.mode})"
+        title = f"{spec.arch}/{spec.encoder_name} ({mode})"
         save_eval_pictures(run.path, ev.samples, names, source.ignore_index, test, title)
         save_training_curves(run.path, f"train-student {title}")
         save_student(run.path / "student", model, spec, class_names=names, ignore_index=source.ignore_index,
                      data=bundle.name, data_size=list(size), label_ids=label_ids, val_ids=val_ids, seed=seed,
                      synth=str(cfg.inputs.synth) if synth is not None else None, backbone=backbone,
                      test_miou=test["miou"], selected=selected)
+        if stage1:  # the student is saved: stage 1's checkpoint is no longer needed to resume
+            shutil.rmtree(run.path / "stage1" / "checkpoints", ignore_errors=True)
     dist.barrier()
     log.info("test: mIoU %s, pixel accuracy %s (%d images)", test["miou"], test["pixel_accuracy"], len(test_ids))
     return {
@@ -213,5 +246,5 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
         "labels": n_labels, "label_ids": label_ids, "synth": str(cfg.inputs.synth) if synth is not None else None,
         "synth_loss": str(sc.synth_loss) if synth is not None else None, "backbone": backbone, "init": init, "data": bundle.name,
         "size": list(size), "steps": result.steps, "epochs": result.steps // task.epoch_steps, "world_size": world,
-        "test_miou": test["miou"], "val_miou": (val or {}).get("miou"),
+        "test_miou": test["miou"], "val_miou": (val or {}).get("miou"), "stage1": stage1,
     }

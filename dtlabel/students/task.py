@@ -45,6 +45,8 @@ def check_student_options(sc: DictConfig) -> None:
             raise ConfigError(f"student.{key}={sc[key]} must be >= 1")
     if sc.get("epoch_steps") is not None and int(sc.epoch_steps) < 1:
         raise ConfigError(f"student.epoch_steps={sc.epoch_steps} must be >= 1 or null")
+    if sc.get("stage2_epochs") is not None and int(sc.stage2_epochs) < 0:
+        raise ConfigError(f"student.stage2_epochs={sc.stage2_epochs} must be >= 0 (0 = one stage)")
     if int(sc.val_size) < 0 or int(sc.overlays) < 0 or int(sc.warmup_steps) < 0 or int(sc.shuffle_buffer) < 0:
         raise ConfigError("student.val_size, overlays, warmup_steps and shuffle_buffer must be >= 0")
     if str(sc.select) not in ("best", "last"):
