@@ -97,9 +97,9 @@ def collect_runs(folders: Sequence[str | Path]) -> list[RunInfo]:
     return out
 
 
-def _img(path: Path, alt: str) -> str:
-    """An embedded picture of a run folder, tagged ``data-file="<run name>/<file>"``."""
-    return _png_img(path.read_bytes(), f"{path.parent.name}/{path.name}", alt)
+def _img(run: RunInfo, path: Path, alt: str) -> str:
+    """An embedded picture of a run folder, tagged ``data-file="<run name>/<file in the run>"``."""
+    return _png_img(path.read_bytes(), f"{run.name}/{path.relative_to(run.path).as_posix()}", alt)
 
 
 def _png_img(png: bytes, name: str, alt: str) -> str:
@@ -238,7 +238,7 @@ def write_report(out: str | Path, runs: Sequence[RunInfo], title: str, row_label
                                              else "(not recorded)")
         parts.append(f"<section><h2>{html.escape(r.name)}: {html.escape(r.command)}</h2>"
                      f"<p>wall time {clock(r.desc.get('seconds'))}; <code>{html.escape(str(cmd))}</code></p>")
-        parts += [_img(p, f"{r.name}: {cap}") for p, cap in r.pictures()]
+        parts += [_img(r, p, f"{r.name}: {cap}") for p, cap in r.pictures()]
         parts.append("</section>")
     parts.append("</body></html>\n")
     with atomic_path(out) as tmp:
