@@ -227,6 +227,10 @@ def test_bad_option_values(cli, tmp_path: Path) -> None:
     assert "student.synth_loss=medium" in _err(cli, tmp_path, "--labels", "4", "student.synth_loss=medium")
 
 
+def test_negative_stage2_epochs(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    assert "student.stage2_epochs=-1 must be >= 0" in _err(cli, tmp_path, "--labels", "4", "student.stage2_epochs=-1")
+
+
 def test_unknown_amp_mode(cli, tmp_path: Path) -> None:  # noqa: ANN001
     assert "amp=fp8: expected one of auto, bf16, fp16, off" in _err(cli, tmp_path, "--labels", "4", "amp=fp8")
 

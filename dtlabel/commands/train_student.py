@@ -51,6 +51,7 @@ from dtlabel.students.task import (
 )
 
 log = logging.getLogger(__name__)
+STAGE1 = "stage1"  # the run folder's subfolder of the mixed stage of a two-stage student
 
 
 def check_data(bundle: DataBundle, command: str) -> LabeledSource:
@@ -181,7 +182,8 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
     model.to(device)
     task = StudentTask(model, source, label_ids, synth, val_ids, test_ids, size, sc, seed, device, str(cfg.amp),
                        int(cfg.num_workers), unused)
-    stage2_epochs = int(sc.epochs) if sc.get("stage2_epochs", 0) is None else int(sc.get("stage2_epochs", 0))
+    stage2 = sc.get("stage2_epochs", 0)  # absent in configs of runs started before the two-stage default
+    stage2_epochs = int(sc.epochs if stage2 is None else stage2)
     two_stage = synth is not None and bool(label_ids) and stage2_epochs > 0
     log.info("train-student %s/%s (%.2fM parameters) on %s: %d epochs x %d steps, batch %d (%d real + %d synth)%s%s, "
              "%d validation (%s), %d test, %d process(es)", spec.arch, spec.encoder_name,
@@ -195,18 +197,18 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
     # two-stage recipe: the mixed stage trains in stage1/, then the scratch recipe on the real labels
     # alone continues from its selected weights in the run folder (as `--init stage1-run` would)
     started = time.time()
-    result = train(task, task.loop_config(budget), run.path / "stage1" if two_stage else run.path, device, progress)
+    result = train(task, task.loop_config(budget), run.path / STAGE1 if two_stage else run.path, device, progress)
     if result.stopped:
         raise TimeBudgetReached("train-student" + (" (stage 1 of 2)" if two_stage else ""), result.steps, result.total)
     stage1 = None
     if two_stage:
         chosen1 = result.selected.get("metrics") or {}
-        stage1 = {"folder": "stage1", "mode": task.mode, "steps": result.steps, "selected_step": result.selected["step"],
+        stage1 = {"folder": STAGE1, "mode": task.mode, "steps": result.steps, "selected_step": result.selected["step"],
                   "val_miou": chosen1.get("val_miou"), "test_miou": chosen1.get("test_miou")}
         log.info("stage 1 (%s) done: validation mIoU %s at step %s; stage 2: the %d real labels alone", task.mode,
                  stage1["val_miou"], stage1["selected_step"], len(label_ids))
         if rank == 0:
-            save_training_curves(run.path / "stage1", f"train-student stage 1 {spec.arch}/{spec.encoder_name} ({task.mode})")
+            save_training_curves(run.path / STAGE1, f"train-student stage 1 {spec.arch}/{spec.encoder_name} ({task.mode})")
         sc = OmegaConf.merge(sc, {"epochs": stage2_epochs})
         task = StudentTask(model, source, label_ids, None, val_ids, test_ids, size, sc, seed, device, str(cfg.amp),
                            int(cfg.num_workers), unused)
@@ -238,7 +240,7 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
                      synth=str(cfg.inputs.synth) if synth is not None else None, backbone=backbone,
                      test_miou=test["miou"], selected=selected)
         if stage1:  # the student is saved: stage 1's checkpoint is no longer needed to resume
-            shutil.rmtree(run.path / "stage1" / "checkpoints", ignore_errors=True)
+            shutil.rmtree(run.path / STAGE1 / "checkpoints", ignore_errors=True)
     dist.barrier()
     log.info("test: mIoU %s, pixel accuracy %s (%d images)", test["miou"], test["pixel_accuracy"], len(test_ids))
     return {
