@@ -171,6 +171,7 @@ def test_synth_hard_mixed_with_real(synth: Path, tmp_path: Path) -> None:
     desc = json.loads((out / "run.json").read_text())
     # stage 1: 12 samples minus 25% dropped, 2 synth images per step; stage 2: 8 labels, batch 4
     assert desc["stage1"]["steps"] == 2 * (9 // 2) and desc["steps"] == 2 * (8 // 4)
+    assert desc["synth_samples"] == 9
 
 
 def test_ddp_two_processes_gloo(synth: Path, tmp_path: Path) -> None:

@@ -166,6 +166,9 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
     check_before_training(source, {"labeled": label_ids, "validation": val_ids, "test": test_ids})
     if synth is not None:
         _drop_copies(synth, source, bundle.name, cfg, label_ids, val_ids, test_ids)
+        log.info("synth set %s: %d of its %d samples train (drop_uncertain %s left out the %d most uncertain)",
+                 cfg.inputs.synth, len(synth), len(synth.manifest["scores"]), sc.drop_uncertain,
+                 synth.dropped_uncertain)
     if rank == 0:
         write_json(run.path / "labels.json", {
             "n": n_labels, "label_seed": label_seed, "ids": label_ids, "pool": "train",
@@ -246,7 +249,8 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
     return {
         "student": "student", **spec.to_dict(), "num_classes": source.num_classes, "class_names": names,
         "labels": n_labels, "label_ids": label_ids, "synth": str(cfg.inputs.synth) if synth is not None else None,
-        "synth_loss": str(sc.synth_loss) if synth is not None else None, "backbone": backbone, "init": init, "data": bundle.name,
+        "synth_loss": str(sc.synth_loss) if synth is not None else None,
+        "synth_samples": len(synth) if synth is not None else None, "backbone": backbone, "init": init, "data": bundle.name,
         "size": list(size), "steps": result.steps, "epochs": result.steps // task.epoch_steps, "world_size": world,
         "test_miou": test["miou"], "val_miou": (val or {}).get("miou"), "stage1": stage1,
     }

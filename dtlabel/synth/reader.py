@@ -73,6 +73,7 @@ class SynthSet:
         n_drop = int(math.floor(drop * len(present)))
         # most uncertain first; ties: the higher index goes first, so the choice is deterministic
         ranked = sorted(present, key=lambda si: (-si[0], -si[1]))
+        self.dropped_uncertain = n_drop  # how many drop_uncertain left out (exclude() may drop more)
         self.indices: list[int] = sorted(i for _, i in ranked[n_drop:])
         self._keep = set(self.indices)
 
