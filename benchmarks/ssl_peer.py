@@ -61,7 +61,10 @@ class TwoViews(Dataset):
     per-step seeding."""
 
     def __init__(self, source: Any, size: tuple[int, int], seed: int, transform: Any) -> None:
-        self.source, self.size, self.seed, self.transform = source, tuple(size), int(seed), transform
+        from dtlabel.data.transforms import build_transform
+
+        self.source, self.seed, self.transform = source, int(seed), transform
+        self.resize = build_transform(size, train=False)  # the resize pretrain reads the pool with
         self.ids = list(source.ids)
 
     def __len__(self) -> int:
@@ -71,8 +74,7 @@ class TwoViews(Dataset):
         from PIL import Image
 
         position, index = item
-        h, w = self.size
-        image = Image.fromarray(self.source.image(self.ids[index])).convert("RGB").resize((w, h), Image.BILINEAR)
+        image = Image.fromarray(self.resize(image=self.source.image(self.ids[index]))["image"])
         s = seeds.sample(self.seed, position)
         np_state, py_state = np.random.get_state(), random.getstate()
         with torch.random.fork_rng(devices=[]):
@@ -110,11 +112,13 @@ class SimCLRTask(Task):
                  seed: int, device: torch.device) -> None:
         from lightly.loss import NTXentLoss
 
+        from dtlabel.errors import ConfigError
+
         self.model, self.views, self.total, self.seed, self.device = net, views, int(total), int(seed), device
         self.rank, self.world = dist.rank(), dist.world_size()
         self.batch = int(batch_size)
         if self.batch % self.world or self.batch // self.world < 2:
-            raise SystemExit(f"--batch-size {self.batch} must be a multiple of the {self.world} process(es), "
+            raise ConfigError(f"--batch-size {self.batch} must be a multiple of the {self.world} process(es), "
                              "with at least 2 images per process")
         self.images_per_step = self.batch
         self.criterion = NTXentLoss(temperature=float(temperature), gather_distributed=self.world > 1)
@@ -183,6 +187,7 @@ def _run(args: argparse.Namespace, overrides: list[str], SimCLRTransform: Any) -
     from dtlabel.data import build_data, data_size, label_free_pool
     from dtlabel.device import select_device
     from dtlabel.engine import train
+    from dtlabel.errors import DataError
     from dtlabel.pretrain.export import BACKBONE, save_backbone
     from dtlabel.pretrain.model import STRIDES, create_backbone
     from dtlabel.report import save_training_curves
@@ -200,8 +205,7 @@ def _run(args: argparse.Namespace, overrides: list[str], SimCLRTransform: Any) -
         bundle = build_data(cfg.data)
         source = label_free_pool(bundle, bool(cfg.pretrain.include_labeled))
         if source is None:
-            print(f"ssl_peer: data set {bundle.name} has no label-free images", file=sys.stderr)
-            return 2
+            raise DataError(f"data set {bundle.name} has no label-free images")
         transform = SimCLRTransform(input_size=size, min_scale=args.min_scale)
         views = TwoViews(source, size, seed, transform)
         torch.manual_seed(seed)
