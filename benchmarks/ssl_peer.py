@@ -195,7 +195,7 @@ def _run(args: argparse.Namespace, overrides: list[str], SimCLRTransform: Any) -
 
     cfg = compose("pretrain", [f"preset={args.preset}", *overrides])
     run = Run.open(COMMAND, cfg, args.out, resume=args.resume)
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]  # stderr: the one-line error
     if run.log_file is not None:  # rank 0 logs for everyone (the folder is its own under torchrun)
         handlers.append(logging.FileHandler(run.log_file))
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=handlers)
