@@ -103,7 +103,8 @@ NULLABLE_TYPES: dict[str, str] = {
 # keys whose null means "off / automatic" in every preset, even where a preset sets a value
 # (head.teacher_batch=null: the whole batch in one teacher pass)
 NULL_MEANS_AUTO = {"teacher_batch", "micro_batch", "max_minutes", "keep_every", "epoch_steps", "label_seed", "lr",
-                   "weight_decay", "hidden", "size"}
+                   "weight_decay", "hidden", "size",
+                   "pretrain.steps", "head.steps"}  # full keys: null -> epochs x passes (fit.steps has no null)
 
 
 def _kind(value: object) -> str | None:
@@ -162,7 +163,7 @@ def check_value_types(reference: DictConfig, overrides: Sequence[str]) -> None:
         key, value = parsed.key_or_group, parsed.value()
         default = OmegaConf.select(reference, key, default=None, throw_on_missing=False)
         kind = _kind(default) if default is not None else NULLABLE_TYPES.get(key.rsplit(".", 1)[-1])
-        auto = key.rsplit(".", 1)[-1] in NULL_MEANS_AUTO
+        auto = key in NULL_MEANS_AUTO or key.rsplit(".", 1)[-1] in NULL_MEANS_AUTO
         if kind is None or (value is None and (default is None or auto or kind in ("integers", "numbers"))):
             continue  # null stays allowed where the default is null, and for lists (scale=null: off)
         if not _fits(value, kind):
