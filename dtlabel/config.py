@@ -104,7 +104,8 @@ NULLABLE_TYPES: dict[str, str] = {
 # (head.teacher_batch=null: the whole batch in one teacher pass)
 NULL_MEANS_AUTO = {"teacher_batch", "micro_batch", "max_minutes", "keep_every", "epoch_steps", "label_seed", "lr",
                    "weight_decay", "hidden", "size",
-                   "pretrain.steps", "head.steps"}  # full keys: null -> epochs x passes (fit.steps has no null)
+                   "pretrain.steps"}  # a full key: null -> epochs x passes, where the cpu preset sets steps
+                                      # (fit.steps has no null)
 
 
 def _kind(value: object) -> str | None:
