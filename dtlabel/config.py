@@ -98,12 +98,12 @@ NULLABLE_TYPES: dict[str, str] = {
     "max_minutes": "number", "lr": "number", "weight_decay": "number",
     "keep_every": "integer", "steps": "integer", "teacher_batch": "integer", "micro_batch": "integer",
     "label_seed": "integer", "hidden": "integer", "epoch_steps": "integer", "base_seed": "integer",
-    "sample_steps": "integer", "labels": "integer", "n": "integer", "size": "size",
+    "sample_steps": "integer", "labels": "integer", "n": "integer", "size": "size", "snr_gamma": "number",
 }
 # keys whose null means "off / automatic" in every preset, even where a preset sets a value
 # (head.teacher_batch=null: the whole batch in one teacher pass)
 NULL_MEANS_AUTO = {"teacher_batch", "micro_batch", "max_minutes", "keep_every", "epoch_steps", "label_seed", "lr",
-                   "weight_decay", "hidden", "size",
+                   "weight_decay", "hidden", "size", "snr_gamma",
                    "pretrain.steps"}  # a full key: null -> epochs x passes, where the cpu preset sets steps
                                       # (fit.steps has no null)
 

@@ -103,6 +103,34 @@ def test_missing_images_folder(cli, tmp_path: Path) -> None:
     assert code == 2 and err.count("\n") == 1 and "data.root not found" in err
 
 
+def _step_losses(out: Path) -> list[float]:
+    return [json.loads(ln)["loss"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_min_snr_weighting(tmp_path: Path) -> None:
+    """fit.snr_gamma weights the per-sample MSE by min(SNR, gamma) / SNR: a gamma above every SNR
+    is plain MSE, to the last byte; a small one scales the first step's loss (identical weights,
+    batch, noise and timesteps) down; v-prediction trains with its own weights."""
+    from dtlabel.cli import main
+
+    short = [a for a in ARGS if not a.startswith("fit.steps")] + ["fit.steps=2", "fit.log_every=1", "fit.sample_n=0"]
+    runs = {}
+    for name, extra in (("plain", []), ("huge", ["fit.snr_gamma=1e12"]), ("small", ["fit.snr_gamma=0.01"]),
+                        ("v", ["fit.snr_gamma=5", "fit.prediction_type=v_prediction"])):
+        runs[name] = tmp_path / name
+        assert main([*short, *extra, "--out", str(runs[name])]) == 0
+    plain, huge, small = (_step_losses(runs[k]) for k in ("plain", "huge", "small"))
+    assert len(plain) == 2 and huge == plain
+    assert _same(_weights(runs["plain"]), _weights(runs["huge"]))
+    assert 0 < small[0] < 0.9 * plain[0]
+    assert all(0 < v < 10 for v in _step_losses(runs["v"]))
+
+
+def test_bad_snr_gamma(cli, tmp_path: Path) -> None:
+    code, _, err = cli(*ARGS, "fit.snr_gamma=0", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "fit.snr_gamma=0" in err and not (tmp_path / "r" / "teacher").exists()
+
+
 def test_bad_size_for_unet(cli, tmp_path: Path) -> None:
     code, _, err = cli(*ARGS, "fit.size=[18,18]", "--out", tmp_path / "r")
     assert code == 2 and "multiple of 4" in err
@@ -276,3 +304,21 @@ def test_a_teacher_stopped_by_its_budget_says_so_when_used(tmp_path: Path, caplo
         load_teacher(annealed)
     said = [r.getMessage() for r in caplog.records if "time budget" in r.getMessage()]
     assert len(said) == 1 and "fit.schedule=budget" in said[0] and "--resume" not in said[0]
+
+
+def test_teacher_loss_benchmark_scores_teachers_on_fixed_noise(full_run: Path, tmp_path: Path) -> None:
+    """benchmarks/teacher_loss.py: the same teacher scores the same to the last digit (fixed images,
+    noise and timesteps), a teacher of another size or a folder that is not one is one line, exit 2."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_loss.py"
+    base = [sys.executable, str(script), "data.size=[16,16]", "data.n_test=4", "--ids", "test", "--preset", "tiny",
+            "--draws", "1", "--timesteps", "10", "500"]
+    done = subprocess.run([*base, "--teacher", f"a={full_run / 'teacher'}", "--teacher", f"b={full_run / 'teacher'}",
+                           "--out", str(tmp_path / "loss")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "loss" / "teacher_loss.json").read_text())["rows"]
+    assert [r["teacher"] for r in rows] == ["a", "b"] and rows[0]["mse"] == rows[1]["mse"]
+    assert set(rows[0]["mse"]) == {"10", "500"} and all(0 < v < 10 for v in rows[0]["mse"].values())
+    assert "| a |" in (tmp_path / "loss" / "teacher_loss.md").read_text()
+    bad = subprocess.run([*base, "--teacher", f"x={tmp_path}", "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "NAME=DIR" in bad.stderr
