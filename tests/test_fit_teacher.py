@@ -209,6 +209,11 @@ def test_export_checkpoint_matches_final_teacher(full_run: Path, tmp_path: Path)
     out = export_checkpoint(full_run, 6, tmp_path / "t6")
     assert _same(load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors")), _weights(full_run))
     assert json.loads((out / "dtlabel_teacher.json").read_text())["trained_steps"] == 6
+    raw = export_checkpoint(full_run, 6, tmp_path / "raw6", weights="raw")  # the trained weights, not their EMA
+    raw_weights = load_file(str(raw / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert _same(raw_weights, load_file(str(full_run / "checkpoints" / "step_0000006" / "unet.safetensors")))
+    assert not _same(raw_weights, _weights(full_run))
+    assert json.loads((raw / "dtlabel_teacher.json").read_text())["weights"] == "raw"
 
 
 def test_export_missing_checkpoint(full_run: Path, tmp_path: Path) -> None:

@@ -211,11 +211,14 @@ def checkpoint_steps(run_dir: str | Path) -> list[int]:
     return CheckpointStore(Path(run_dir) / "checkpoints").steps()
 
 
-def export_checkpoint(run_dir: str | Path, step: int, out: str | Path, dtype: str = "fp32") -> Path:
-    """Write checkpoint ``step`` of a fit-teacher run (its EMA weights) as a diffusers DDPM folder.
+def export_checkpoint(run_dir: str | Path, step: int, out: str | Path, dtype: str = "fp32",
+                      weights: str = "ema") -> Path:
+    """Write checkpoint ``step`` of a fit-teacher run as a diffusers DDPM folder.
 
-    The run's ``config.yaml`` gives the UNet and scheduler settings. Used to measure how feature
-    quality grows with training time (``fit.keep_every`` keeps the checkpoints to compare).
+    ``weights="ema"`` exports the EMA weights (what fit-teacher exports), ``"raw"`` the trained
+    weights themselves, to measure what the EMA buys. The run's ``config.yaml`` gives the UNet and
+    scheduler settings. Used to measure how feature quality grows with training time
+    (``fit.keep_every`` keeps the checkpoints to compare).
     """
     from diffusers import DDPMPipeline, DDPMScheduler
 
@@ -229,14 +232,19 @@ def export_checkpoint(run_dir: str | Path, step: int, out: str | Path, dtype: st
     size = teacher_size(fit, cfg.data)
     arch = read_architecture(run_dir)
     unet = make_unet(fit.model, arch, size)
-    ema = load_file(str(ckpt / "ema.safetensors"))
-    params = list(unet.parameters())
-    if len(ema) != len(params):
-        raise ConfigError(f"{ckpt}: {len(ema)} EMA tensors for a UNet with {len(params)} parameters; "
-                          "the run's config.yaml does not match its checkpoints")
-    with torch.no_grad():
-        for i, p in enumerate(params):
-            p.copy_(ema[f"p{i}"])
+    if weights == "raw":
+        unet.load_state_dict(load_file(str(ckpt / "unet.safetensors")))
+    elif weights == "ema":
+        ema = load_file(str(ckpt / "ema.safetensors"))
+        params = list(unet.parameters())
+        if len(ema) != len(params):
+            raise ConfigError(f"{ckpt}: {len(ema)} EMA tensors for a UNet with {len(params)} parameters; "
+                              "the run's config.yaml does not match its checkpoints")
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(ema[f"p{i}"])
+    else:
+        raise ConfigError(f"weights={weights}: expected ema or raw")
     unet.eval()
     if dtype == "fp16":
         unet = unet.half()
@@ -245,5 +253,5 @@ def export_checkpoint(run_dir: str | Path, step: int, out: str | Path, dtype: st
     with atomic_dir(out) as tmp:
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
         write_text(tmp / "dtlabel_teacher.json", json.dumps(
-            _teacher_meta(int(step), size, int(cfg.seed), arch, from_run=run_dir.name), indent=2))
+            _teacher_meta(int(step), size, int(cfg.seed), arch, from_run=run_dir.name, weights=weights), indent=2))
     return out
