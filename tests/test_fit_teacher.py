@@ -327,3 +327,15 @@ def test_teacher_loss_benchmark_scores_teachers_on_fixed_noise(full_run: Path, t
     bad = subprocess.run([*base, "--teacher", f"x={tmp_path}", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "NAME=DIR" in bad.stderr
+
+
+def test_cpu_bf16_switch_follows_the_cpu(tmp_path: Path) -> None:
+    """fit.cpu_bf16 under amp=auto trains in bf16 only where the CPU has native bf16; amp=off wins."""
+    from dtlabel.cli import main
+    from dtlabel.device import cpu_has_bf16
+
+    short = [*ARGS, "fit.steps=2", "fit.sample_n=0", "fit.cpu_bf16=true"]
+    assert main([*short, "--out", str(tmp_path / "auto")]) == 0
+    assert main([*short, "amp=off", "--out", str(tmp_path / "off")]) == 0
+    amp = {k: json.loads((tmp_path / k / "run.json").read_text())["amp"] for k in ("auto", "off")}
+    assert amp == {"auto": "bf16" if cpu_has_bf16() else "auto", "off": "off"}
