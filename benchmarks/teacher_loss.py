@@ -95,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         teachers.append((name, Path(path)))
-    torch.manual_seed(0)
     rows, images, size = [], None, None
     for name, path in teachers:
         unet = UNet2DModel.from_pretrained(path, subfolder="unet").float().eval()

@@ -3,8 +3,9 @@
 :class:`FitTask` is the engine's task: each step takes a batch of the deterministic image stream,
 flips it, draws noise and timesteps from a generator seeded by ``(seed, step, rank)`` and regresses
 the noise (or velocity) with MSE, optionally Min-SNR-gamma weighted (``fit.snr_gamma``); an EMA of
-the weights is kept and is what gets exported. So the images, flips, noise and timesteps of step ``s`` depend only on ``(seed, s)`` and a run resumed from
-a checkpoint ends with the same weights as an uninterrupted one. Output: a diffusers
+the weights is kept and is what gets exported. So the images, flips, noise and timesteps of step
+``s`` depend only on ``(seed, s)`` and a run resumed from a checkpoint ends with the same weights as
+an uninterrupted one. Output: a diffusers
 ``DDPMPipeline`` folder that plain diffusers loads with ``DDPMPipeline.from_pretrained``.
 """
 
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dtlabel import dist, seeds
 from dtlabel.data.streams import IndexStream, PositionedDataset
+from dtlabel.device import cpu_has_bf16
 from dtlabel.engine import CheckpointStore, LoopConfig, Task, train
 from dtlabel.errors import ConfigError
 from dtlabel.io import atomic_dir, write_text
@@ -143,8 +145,6 @@ def fit_amp(amp: str, cfg: DictConfig, device: torch.device) -> str:
     steps, docs/RESULTS.md). Where the CPU lacks them bf16 is emulated and many times slower, so
     there it stays float32; ``amp=off`` forces float32 anywhere.
     """
-    from dtlabel.device import cpu_has_bf16
-
     if str(amp).lower() == "auto" and device.type == "cpu" and bool(cfg.get("cpu_bf16", False)) and cpu_has_bf16():
         log.info("fit.cpu_bf16: training in bfloat16 autocast (this CPU has native bf16; amp=off for float32)")
         return "bf16"
