@@ -5,8 +5,8 @@ flips it, draws noise and timesteps from a generator seeded by ``(seed, step, ra
 the noise (or velocity) with MSE, optionally Min-SNR-gamma weighted (``fit.snr_gamma``); an EMA of
 the weights is kept and is what gets exported. So the images, flips, noise and timesteps of step
 ``s`` depend only on ``(seed, s)`` and a run resumed from a checkpoint ends with the same weights as
-an uninterrupted one. Output: a diffusers
-``DDPMPipeline`` folder that plain diffusers loads with ``DDPMPipeline.from_pretrained``.
+an uninterrupted one. Output: a diffusers ``DDPMPipeline`` folder that plain diffusers loads with
+``DDPMPipeline.from_pretrained``.
 """
 
 from __future__ import annotations
