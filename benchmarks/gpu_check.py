@@ -7,8 +7,8 @@ is split in two:
 ``prepare`` (here, once; it needs the package registry): writes a folder that travels with the
 working tree (ignored by git, named in the device call's ``carry``): ``wheels/`` with the pinned
 wheels the device image lacks (the versions of this environment, for CPython 3.12) and ``ccp/``,
-the CCP folder resized to the data size (192x128 JPEG, quality 90, coarse masks by nearest). The
-two take about 33 MiB, and with the tracked files about 61 of the 64 MiB a device call carries::
+the CCP folder resized to the data size (192x128 JPEG, quality 85, coarse masks by nearest). The
+two take about 29 MiB, and with the tracked files about 57 of the 64 MiB a device call carries::
 
     python benchmarks/gpu_check.py prepare --data-root PATH/ccp --out .gpu
 
@@ -16,7 +16,7 @@ two take about 33 MiB, and with the tracked files about 61 of the 64 MiB a devic
 a cut run still returns what it measured)::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl &&
-    PYTHONPATH=/tmp/site:. python3 benchmarks/gpu_check.py run --data .gpu/ccp --out $OUT --minutes 8
+    PYTHONPATH=/tmp/site:. python3 benchmarks/gpu_check.py run --data .gpu/ccp --out $OUT --minutes 9.2
 
 1. ``env``: torch, CUDA, the device's name and bf16 support.
 2. ``tests``: ``tests/test_cuda.py`` (skipped on machines without CUDA).
@@ -24,13 +24,17 @@ a cut run still returns what it measured)::
    train-student at the gpu preset (AMP: bf16 where the GPU has it), a few dozen steps each;
    images/s is taken between the run's second and last metrics lines (warm-up left out), and a
    side-by-side of NCHW against channels_last for the student and the teacher UNet.
-4. ``teacher``: the rest of the time trains a CCP teacher (the cpu preset's 8.19M UNet, small
-   enough that its fp16 export stays under 16 MiB) at 192x128 with ``fit.schedule=budget`` so
-   that it anneals before the end; its folder comes back as ``teacher.tar`` with its samples.
+4. ``teachers``: the rest of the time (``--teacher-minutes`` is kept for it: throughput rows that
+   would cut into it are skipped) trains two teachers side by side on the one GPU, both small and
+   launch-bound there, both annealed by ``fit.schedule=budget``: a CCP teacher (the cpu preset's
+   8.19M UNet, whose fp16 export stays under 16 MiB) at 192x128, and the default data's teacher
+   (``models/default``'s 4.33M UNet at 64x64, the demo's). Their folders come back as
+   ``teacher.tar`` and ``default_teacher.tar`` (the latter with its samples, metrics and run.json).
 
 Back in ``$OUT`` (flat, at most 8 files): ``results.json``, ``results.md``, ``gpu_check.log``,
-``teacher.tar``, ``samples.png``, ``teacher_metrics.jsonl``. ``--tiny --device cpu`` runs every
-phase on the tiny preset and the embedded default data in about a minute (tests/test_gpu_check.py).
+``teacher.tar``, ``samples.png``, ``teacher_metrics.jsonl``, ``default_teacher.tar``.
+``--tiny --device cpu`` runs every phase on the tiny preset and the embedded default data in about
+a minute (tests/test_gpu_check.py). What the first run on an H200 measured: docs/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -62,8 +66,12 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x8
 
 
 # ----------------------------------------------------------------------------------------- prepare
-def prepare(data_root: Path, out: Path, size: tuple[int, int] = (192, 128), wheels: bool = True) -> None:
-    """Write ``out/ccp`` (resized CCP, the coarse masks) and ``out/wheels`` (the pinned wheels)."""
+def prepare(data_root: Path, out: Path, size: tuple[int, int] = (192, 128), wheels: bool = True, quality: int = 85) -> None:
+    """Write ``out/ccp`` (resized CCP, the coarse masks) and ``out/wheels`` (the pinned wheels).
+
+    JPEG quality 85 keeps the pack (about 29 MiB with the wheels) and the tracked files inside what
+    a device call carries; quality 90 went over it once the repository held two teachers.
+    """
     from PIL import Image
 
     h, w = size
@@ -79,7 +87,7 @@ def prepare(data_root: Path, out: Path, size: tuple[int, int] = (192, 128), whee
             im = im.resize((w, h), resample)
             target = dst / sub / (f.stem + f.suffix)
             if kind == "jpg":
-                im.save(target, quality=90)
+                im.save(target, quality=quality)
             else:
                 im.save(target)
     for name in ("classes.json", "LICENSE", "README.md"):
@@ -265,16 +273,26 @@ def phase_tests(s: Session, cap_s: float) -> None:
     s.log(out[-4000:])
 
 
-def phase_throughput(s: Session, data: list[str], device: str, tiny: bool, work: Path, cap_s: float) -> None:
+def phase_throughput(s: Session, data: list[str], device: str, tiny: bool, work: Path, cap_s: float,
+                     reserve_s: float) -> None:
+    """images/s of each command (rows skipped once only ``reserve_s`` is left), then the layouts."""
     rows = []
     for name, argv, out, how in plans(data, device, tiny, work):
-        rc, seconds, tail = s.command(argv, cap_s)
+        if s.left() - reserve_s < 20:
+            rows.append({"command": name, "argv": argv, "rc": None, "seconds": 0, "images_per_s": None,
+                         "error": "skipped: the time left is kept for the teachers"})
+            s.log(f"{name}: skipped, {s.left():.0f}s left")
+            continue
+        rc, seconds, tail = s.command(argv, min(cap_s, s.left() - reserve_s))
         rate = steady_rate(out / "metrics.jsonl") if how == "metrics" else synth_rate(out / "synthesize.log")
         rows.append({"command": name, "argv": argv, "rc": rc, "seconds": round(seconds, 1), "images_per_s": rate,
                      "error": tail.strip().splitlines()[-1] if rc and tail.strip() else None})
         s.log(f"{name}: {rate} images/s, {seconds:.0f}s, exit {rc}")
         s.results["throughput"] = rows
         s.save()
+    if s.left() - reserve_s < 20:
+        s.results["layouts"] = [{"error": "skipped: the time left is kept for the teachers"}]
+        return
     try:
         s.results["layouts"] = bench_layouts(device, tiny, reps=2 if tiny else 10)
     except Exception as exc:  # noqa: BLE001 - a measurement that fails is recorded, the session goes on
@@ -282,31 +300,78 @@ def phase_throughput(s: Session, data: list[str], device: str, tiny: bool, work:
     s.log(f"layouts: {s.results['layouts']}")
 
 
-def phase_teacher(s: Session, data: list[str], device: str, tiny: bool, work: Path, batch: int, lr: float) -> None:
-    out = work / "teacher"
-    minutes = 0.1 if tiny else max(0.5, (s.left() - 75) / 60)
-    fit = [f"fit.batch_size={batch}", f"fit.lr={lr}", "fit.steps=100000", "fit.schedule=budget",
-           f"fit.max_minutes={minutes:.2f}", "fit.warmup_steps=200", "fit.export_dtype=fp16", "fit.checkpoint_every=500",
-           "fit.sample_n=16", "fit.log_every=10" if tiny else "fit.log_every=50"]
+def teacher_plans(data: list[str], device: str, tiny: bool, work: Path, minutes: float, batch: int, lr: float,
+                  default_batch: int, default_lr: float) -> list[tuple[str, list[str], Path]]:
+    """(name, argv, run folder) of the teachers trained side by side until the budget ends.
+
+    ``ccp``: the cpu preset's 8.19M UNet at 192x128 on CCP (fp16 export under 16 MiB). ``default``:
+    the demo's teacher (``models/default``: the 4.33M UNet at 64x64 on the default data's label-free
+    pool, configs/demo/cpu.yaml), trained here two orders of magnitude longer than a CPU hour gives.
+    Both anneal by time (``fit.schedule=budget``) so that the last steps are taken at a low rate.
+    """
+    common = ["fit.steps=1000000", "fit.schedule=budget", f"fit.max_minutes={minutes:.2f}", "fit.warmup_steps=200",
+              "fit.export_dtype=fp16", "fit.checkpoint_every=1000", "fit.sample_n=16",
+              "fit.log_every=10" if tiny else "fit.log_every=100", "num_workers=0" if tiny else "num_workers=6", "-q"]
+    ccp = ["fit-teacher", "--preset", "tiny" if tiny else "cpu", "--device", device, *data, f"fit.batch_size={batch}",
+           f"fit.lr={lr}", *common] + ([] if tiny else ["fit.size=[192,128]"])
+    default_data = data if tiny else ["data=default"]
+    default = ["fit-teacher", "--preset", "tiny" if tiny else "cpu", "--device", device, *default_data,
+               f"fit.batch_size={default_batch}", f"fit.lr={default_lr}", *common]
     if not tiny:
-        fit.append("fit.size=[192,128]")
-    argv = ["fit-teacher", "--preset", "tiny" if tiny else "cpu", "--device", device, *data, *fit,
-            "num_workers=0" if tiny else "num_workers=8", "-q", "--out", str(out)]
-    rc, seconds, tail = s.command(argv, s.left() - 10)
-    desc = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
-    teacher = out / "teacher"
-    result: dict[str, Any] = {"argv": argv, "rc": rc, "seconds": round(seconds, 1), "images_per_s": steady_rate(out / "metrics.jsonl"),
-                              "run": desc}
-    if (teacher / "model_index.json").is_file():
-        with tarfile.open(s.out / "teacher.tar.tmp", "w") as tar:
-            tar.add(teacher, arcname="teacher")
-        os.replace(s.out / "teacher.tar.tmp", s.out / "teacher.tar")
-        result["teacher_tar_mib"] = round((s.out / "teacher.tar").stat().st_size / 2**20, 2)
-    for src, dst in ((out / "samples.png", "samples.png"), (out / "metrics.jsonl", "teacher_metrics.jsonl")):
-        if src.is_file():
-            shutil.copy2(src, s.out / dst)
-    s.results["teacher"] = result
-    s.log(f"teacher: exit {rc}, {seconds:.0f}s, {result['images_per_s']} images/s, run {desc.get('steps')} steps")
+        default += ["fit.scale=1.0", "fit.model.block_out_channels=[32,64,128,128]"]
+    return [("ccp", [*ccp, "--out", str(work / "teacher")], work / "teacher"),
+            ("default", [*default, "--out", str(work / "default-teacher")], work / "default-teacher")]
+
+
+def phase_teachers(s: Session, data: list[str], device: str, tiny: bool, work: Path, batch: int, lr: float,
+                   default_batch: int, default_lr: float) -> None:
+    """Train the CCP and the default-data teacher at once on the one device, each for the time left.
+
+    They are small (launch-bound on a large GPU), so two processes share it better than one after the
+    other. Returned: ``teacher.tar`` (the CCP teacher folder), ``samples.png``, ``teacher_metrics.jsonl``
+    and ``default_teacher.tar`` (the default teacher folder with its samples, metrics and run.json).
+    """
+    minutes = 0.1 if tiny else max(0.5, (s.left() - 60) / 60)
+    procs = []
+    for name, argv, out in teacher_plans(data, device, tiny, work, minutes, batch, lr, default_batch, default_lr):
+        s.log(f"+ [{name}] dtlabel " + " ".join(argv))
+        log = (work / f"{name}-teacher.log").open("w")
+        procs.append((name, argv, out, log, time.time(),
+                      subprocess.Popen([sys.executable, "-m", "dtlabel.cli", *argv], stdout=log, stderr=subprocess.STDOUT,
+                                       cwd=ROOT)))
+    s.results["teachers"] = {}
+    for name, argv, out, log, t, proc in procs:
+        try:
+            rc = proc.wait(timeout=max(5.0, s.left() - 10))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = 124
+        seconds = time.time() - t
+        log.close()
+        tail = (work / f"{name}-teacher.log").read_text()[-1500:]
+        if rc:
+            s.log(f"  [{name}] exit {rc} after {seconds:.0f}s:\n{tail}")
+        desc = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+        result: dict[str, Any] = {"argv": argv, "rc": rc, "seconds": round(seconds, 1),
+                                  "images_per_s": steady_rate(out / "metrics.jsonl"), "run": desc}
+        tar_name = "teacher.tar" if name == "ccp" else f"{name}_teacher.tar"
+        if (out / "teacher" / "model_index.json").is_file():
+            with tarfile.open(s.out / (tar_name + ".tmp"), "w") as tar:
+                tar.add(out / "teacher", arcname="teacher")
+                if name != "ccp":  # one file per teacher beyond the CCP one: the return holds 8 files
+                    for extra in ("samples.png", "metrics.jsonl", "run.json"):
+                        if (out / extra).is_file():
+                            tar.add(out / extra, arcname=extra)
+            os.replace(s.out / (tar_name + ".tmp"), s.out / tar_name)
+            result["tar_mib"] = round((s.out / tar_name).stat().st_size / 2**20, 2)
+        if name == "ccp":
+            for src, dst in ((out / "samples.png", "samples.png"), (out / "metrics.jsonl", "teacher_metrics.jsonl")):
+                if src.is_file():
+                    shutil.copy2(src, s.out / dst)
+        s.results["teachers"][name] = result
+        s.save()
+        s.log(f"[{name}] teacher: exit {rc}, {seconds:.0f}s, {result['images_per_s']} images/s, "
+              f"run {desc.get('steps')} steps")
 
 
 def write_table(s: Session) -> None:
@@ -326,11 +391,10 @@ def write_table(s: Session) -> None:
         else:
             lines.append(f"| {row['model']} | {row['size']} | {row['batch']} | {row['nchw_s']} | {row['channels_last_s']} | "
                          f"{row['ratio_nchw_over_cl']} |")
-    t = r.get("teacher")
-    if t:
+    for name, t in r.get("teachers", {}).items():
         run = t.get("run", {})
-        lines += ["", f"teacher: {run.get('steps')} steps in {t['seconds']} s, {t['images_per_s']} images/s, final loss "
-                      f"{run.get('final_loss')}, stopped early {run.get('stopped_early')}, tar {t.get('teacher_tar_mib')} MiB"]
+        lines += ["", f"{name} teacher: {run.get('steps')} steps in {t['seconds']} s, {t['images_per_s']} images/s, "
+                      f"final loss {run.get('final_loss')}, stopped early {run.get('stopped_early')}, tar {t.get('tar_mib')} MiB"]
     (s.out / "results.md").write_text("\n".join(lines) + "\n")
 
 
@@ -345,9 +409,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.skip_tests:
         phase_tests(s, cap_s=90)
         s.save()
-    phase_throughput(s, data, args.device, args.tiny, work, cap_s=60 if args.tiny else 75)
+    phase_throughput(s, data, args.device, args.tiny, work, cap_s=60 if args.tiny else 45,
+                     reserve_s=0 if args.tiny else 60 * args.teacher_minutes)
     s.save()
-    phase_teacher(s, data, args.device, args.tiny, work, args.teacher_batch, args.teacher_lr)
+    phase_teachers(s, data, args.device, args.tiny, work, args.teacher_batch, args.teacher_lr, args.default_batch,
+                   args.default_lr)
     s.results["seconds"] = round(time.time() - s.t0, 1)
     s.save()
     write_table(s)
@@ -362,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--data-root", required=True, type=Path)
     pp.add_argument("--out", default=".gpu", type=Path)
     pp.add_argument("--no-wheels", action="store_true")
+    pp.add_argument("--quality", type=int, default=85, help="JPEG quality of the resized photos")
     pr = sub.add_parser("run", help="on the device: tests, throughput, then a CCP teacher until --minutes")
     pr.add_argument("--data", help="the prepared CCP folder (.gpu/ccp)")
     pr.add_argument("--out", required=True)
@@ -370,11 +437,15 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--device", default="cuda")
     pr.add_argument("--teacher-batch", type=int, default=64)
     pr.add_argument("--teacher-lr", type=float, default=3e-4)
+    pr.add_argument("--default-batch", type=int, default=256, help="the default-data teacher's batch")
+    pr.add_argument("--default-lr", type=float, default=4e-4)
+    pr.add_argument("--teacher-minutes", type=float, default=5.0,
+                    help="kept for the teachers: throughput rows that would cut into it are skipped")
     pr.add_argument("--tiny", action="store_true", help="tiny preset, embedded data (tests)")
     pr.add_argument("--skip-tests", action="store_true")
     args = p.parse_args(argv)
     if args.verb == "prepare":
-        prepare(args.data_root, args.out, wheels=not args.no_wheels)
+        prepare(args.data_root, args.out, wheels=not args.no_wheels, quality=args.quality)
         return 0
     if not args.tiny and not args.data:
         p.error("run needs --data (the folder prepare wrote) unless --tiny")
