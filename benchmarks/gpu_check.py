@@ -8,7 +8,7 @@ is split in two:
 working tree (ignored by git, named in the device call's ``carry``): ``wheels/`` with the pinned
 wheels the device image lacks (the versions of this environment, for CPython 3.12) and ``ccp/``,
 the CCP folder resized to the data size (192x128 JPEG, quality 85, coarse masks by nearest). The
-two take about 29 MiB, and with the tracked files about 57 of the 64 MiB a device call carries::
+two take about 30 MiB, and with the tracked files about 59 of the 64 MiB a device call carries::
 
     python benchmarks/gpu_check.py prepare --data-root PATH/ccp --out .gpu
 
@@ -69,8 +69,8 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x8
 def prepare(data_root: Path, out: Path, size: tuple[int, int] = (192, 128), wheels: bool = True, quality: int = 85) -> None:
     """Write ``out/ccp`` (resized CCP, the coarse masks) and ``out/wheels`` (the pinned wheels).
 
-    JPEG quality 85 keeps the pack (about 29 MiB with the wheels) and the tracked files inside what
-    a device call carries; quality 90 went over it once the repository held two teachers.
+    JPEG quality 85 keeps the pack (about 30 MiB with the wheels) and the tracked files inside what
+    a device call carries; at quality 90 (33.5 MiB) the first call on an H200 was refused as too large.
     """
     from PIL import Image
 
