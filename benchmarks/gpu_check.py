@@ -352,9 +352,8 @@ def phase_teachers(s: Session, data: list[str], device: str, tiny: bool, work: P
             rc = 124
         seconds = time.time() - t
         log.close()
-        tail = (work / f"{name}-teacher.log").read_text()[-1500:]
         if rc:
-            s.log(f"  [{name}] exit {rc} after {seconds:.0f}s:\n{tail}")
+            s.log(f"  [{name}] exit {rc} after {seconds:.0f}s:\n{(work / f'{name}-teacher.log').read_text()[-1500:]}")
         desc = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
         result: dict[str, Any] = {"argv": argv, "rc": rc, "seconds": round(seconds, 1),
                                   "images_per_s": steady_rate(out / "metrics.jsonl"), "run": desc}
@@ -433,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--out", default=".gpu", type=Path)
     pp.add_argument("--no-wheels", action="store_true")
     pp.add_argument("--quality", type=int, default=85, help="JPEG quality of the resized photos")
-    pr = sub.add_parser("run", help="on the device: tests, throughput, then a CCP teacher until --minutes")
+    pr = sub.add_parser("run", help="on the device: tests, throughput, then the CCP and default teachers until --minutes")
     pr.add_argument("--data", help="the prepared CCP folder (.gpu/ccp)")
     pr.add_argument("--out", required=True)
     pr.add_argument("--work", default="/tmp/dtlabel-gpu-check", help="run folders (not returned)")
