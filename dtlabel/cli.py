@@ -12,11 +12,13 @@ import errno
 import importlib
 import logging
 import os
+import re
 import shlex
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dtlabel import __version__
@@ -74,6 +76,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                     "help": "number of samples (--images: default all); under torchrun write --num-samples"}),
              _TEACHER,
              Option(("--head",), "inputs.head", {"metavar": "DIR", "help": "train-head run folder"}),
+             Option(("--labeler",), "inputs.labeler",
+                    {"metavar": "RUN", "help": "a train-head or train-student run labels (a student needs no teacher)"}),
+             Option(("--ensemble",), "inputs.ensemble",
+                    {"metavar": "RUN", "nargs": "+", "help": "train-head / train-student runs: their mean probabilities "
+                     "label, their disagreement is the uncertainty"}),
              Option(("--images",), "inputs.images",
                     {"metavar": "DIR", "help": "label the images of this folder (recursive) instead of sampling"}))),
     Command("train-student", "train_student:run", "train an smp student on pseudo-labels (--synth) and/or real labels",
@@ -159,6 +166,15 @@ def parse(argv: Sequence[str]) -> tuple[Command, argparse.Namespace, list[str]]:
         raise ConfigError(f"'{first}' needs a subcommand: {', '.join(subs)}")
     cmd = COMMANDS[ns._command]
     overrides: list[str] = []
+    for opt in cmd.options:  # nargs="+" swallows the key=value words that follow it: hand them back
+        attr = opt.flags[0].lstrip("-").replace("-", "_")
+        value = getattr(ns, attr, None)
+        if opt.kwargs.get("nargs") == "+" and isinstance(value, list):
+            words = [v for v in value if _OVERRIDE_WORD.match(v) and not Path(v).exists()]
+            setattr(ns, attr, [v for v in value if v not in words])
+            rest = [*words, *rest]
+            if not getattr(ns, attr):
+                raise ConfigError(f"{opt.flags[0]} needs at least one run folder before the key=value overrides")
     for tok in rest:
         if tok.startswith("-"):
             flags = [f for o in cmd.options for f in o.flags] + ["--out", "--preset", "--device", "--seed", "--resume"]
@@ -180,12 +196,22 @@ def option_overrides(cmd: Command, ns: argparse.Namespace) -> list[str]:
         out.append(f"seed={ns.seed}")
     for opt in cmd.options:
         value = getattr(ns, opt.flags[0].lstrip("-").replace("-", "_"), None)
-        if opt.key and value is not None:
+        if opt.key and isinstance(value, list):  # nargs="+": a quoted list in Hydra's override grammar
+            out.append(f"{opt.key}=[{','.join(_quoted(str(v)) for v in value)}]")
+        elif opt.key and value is not None:
             out.append(f"{opt.key}={value}")
     images = next((o for o in cmd.options if o.flags[0] == "--images"), None)
     if images is not None and images.key is None and getattr(ns, "images", None):  # fit-teacher: a data set
         out += ["data=images", f"data.root={ns.images}"]
     return out
+
+
+_OVERRIDE_WORD = re.compile(r"^[+~]*[A-Za-z_][\w.]*=")
+
+
+def _quoted(value: str) -> str:
+    """``value`` as a double-quoted string of Hydra's override grammar (backslashes and quotes escaped)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class _RunLogHandler(logging.FileHandler):

@@ -1,4 +1,5 @@
-"""Pseudo-labels of image batches: a head's predictions on teacher features, in the shard format.
+"""Pseudo-labels of image batches: a labeler's predictions (a head on teacher features, a student, an
+ensemble: :mod:`dtlabel.synth.labelers`), in the shard format.
 
 Two sources (docs/METHOD.md §5): images the teacher samples (``sampled_batch``: sample ``i`` from
 seed ``seeds.synth_sample(base_seed, i)``, features read with the same seed) and real images of a
@@ -27,17 +28,18 @@ from dtlabel.data.folder import read_image
 from dtlabel.data.transforms import to_uint8
 from dtlabel.errors import DataError
 from dtlabel.io import sha256_file
-from dtlabel.heads import Head, image_score, to_teacher_size
+from dtlabel.heads import image_score
+from dtlabel.synth.labelers import Labeler
 from dtlabel.synth.shards import LOGIT_FLOOR, UNCERTAINTY_LEVELS, uncertainty_to_uint16
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def label_batch(head: Head, feats: dict[str, torch.Tensor], size: tuple[int, int], logits_size: tuple[int, int] | None,
+def label_batch(probs: torch.Tensor, unc: torch.Tensor, logits_size: tuple[int, int] | None,
                 score_top: float) -> dict[str, Any]:
-    """Head outputs of one batch as numpy: label, uint16 uncertainty, logits, scores."""
-    probs, unc = head.predict(feats, size)
+    """A labeler's ``probs (B, C, H, W)`` and ``uncertainty (B, H, W)`` (nats) as numpy: label, uint16
+    uncertainty, logits, scores."""
     c = probs.shape[1]
     u_norm = (unc.float() / math.log(max(2, c))).clamp(0, 1)
     u16 = uncertainty_to_uint16(u_norm.cpu().numpy())
@@ -87,18 +89,20 @@ def resized(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return arr
 
 
-def sampled_batch(teacher: Any, head: Head, idx: list[int], base_seed: int, steps: int, size: tuple[int, int],
-                   logits_size: tuple[int, int] | None, score_top: float) -> list[dict[str, Any]]:
-    out = teacher.sample(len(idx), seed=seeds.synth_sample(base_seed, idx[0]), steps=steps, batch_size=len(idx), return_features=True,
+def sampled_batch(teacher: Any, labeler: Labeler, idx: list[int], base_seed: int, steps: int,
+                  size: tuple[int, int], logits_size: tuple[int, int] | None, score_top: float) -> list[dict[str, Any]]:
+    seeds_ = [seeds.synth_sample(base_seed, i) for i in idx]
+    out = teacher.sample(len(idx), seed=seeds_[0], steps=steps, batch_size=len(idx), return_features=True,
                          output_device=None)
-    lab = label_batch(head, out.features, size, logits_size, score_top)
+    probs, unc = labeler.predict(out.images, seeds_, size, features=out.features, teacher=teacher)
+    lab = label_batch(probs, unc, logits_size, score_top)
     images = to_uint8(out.images)
-    return [_sample_dict(lab, k, i, seeds.synth_sample(base_seed, i), images[k], "sample", None) for k, i in enumerate(idx)]
+    return [_sample_dict(lab, k, i, seeds_[k], images[k], "sample", None) for k, i in enumerate(idx)]
 
 
-def image_batch(teacher: Any, head: Head, images: ImageList, idx: list[int], base_seed: int,
-                 size: tuple[int, int], logits_size: tuple[int, int] | None, score_top: float,
-                 skip_corrupt: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def image_batch(labeler: Labeler, images: ImageList, idx: list[int], base_seed: int,
+                size: tuple[int, int], logits_size: tuple[int, int] | None, score_top: float,
+                skip_corrupt: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     arrays, kept, skipped = [], [], []
     for i in idx:
         try:
@@ -112,9 +116,8 @@ def image_batch(teacher: Any, head: Head, images: ImageList, idx: list[int], bas
     if not kept:
         return [], skipped
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    x_t = to_teacher_size(x, teacher.image_size).to(teacher.device)
-    feats = teacher.features(x_t, seed=[seeds.synth_sample(base_seed, i) for i in kept])
-    lab = label_batch(head, feats, size, logits_size, score_top)
+    probs, unc = labeler.predict(x, [seeds.synth_sample(base_seed, i) for i in kept], size)
+    lab = label_batch(probs, unc, logits_size, score_top)
     return [_sample_dict(lab, k, i, seeds.synth_sample(base_seed, i), arrays[k], "image", images.names[i])
             for k, i in enumerate(kept)], skipped
 

@@ -175,10 +175,10 @@ def test_input_errors(models: tuple[Path, Path], tmp_path: Path, capsys: pytest.
         return _error(capsys, [*TINY, *args, "--out", str(tmp_path / "runs" / str(next(runs)))])
 
     assert "needs --teacher DIR" in err("--n", "4", "--head", h)
-    assert "needs --head DIR" in err("--n", "4", "--teacher", t)
+    assert "needs a labeler: --head HEAD_RUN" in err("--n", "4", "--teacher", t)
     assert "--n 0: must be >= 1" in err("--n", "0", "--teacher", t, "--head", h)
     assert "teacher folder not found" in err("--n", "4", "--teacher", str(tmp_path / "none"), "--head", h)
-    assert "head folder not found" in err("--n", "4", "--teacher", t, "--head", str(tmp_path / "none"))
+    assert "folder not found" in err("--n", "4", "--teacher", t, "--head", str(tmp_path / "none"))
     assert "synth.samples_per_shard=0 must be >= 1" in err("--n", "4", "--teacher", t, "--head", h,
                                                            "synth.samples_per_shard=0")
     assert "synth.image_format=gif" in err("--n", "4", "--teacher", t, "--head", h, "synth.image_format=gif")

@@ -1,4 +1,5 @@
-"""``dtlabel synthesize``: a pseudo-labeled data set from a teacher and a head, in tar shards.
+"""``dtlabel synthesize``: a pseudo-labeled data set from a labeler (a head on a teacher's features, a
+student, or an ensemble of them), in tar shards.
 
 Two sources of images:
 
@@ -7,11 +8,14 @@ Two sources of images:
 - real (``--images DIR``): image ``i`` is the ``i``-th file of the sorted recursive listing of DIR,
   resized to ``synth.size`` (default ``data.size``, what students train at) and encoded with the
   noise seed ``base_seed + i``;
-- a data set's pool (neither option, ``data=...``): its label-free pool without the head's labeled
+- a data set's pool (neither option, ``data=...``): its label-free pool without the labeler's labeled
   and validation images (``data.pseudo_label_pool``), read like ``--images``.
 
-The head turns the features into probabilities, a hard label, an uncertainty map and a per-image
-score (format: :mod:`dtlabel.synth.shards`). Shard ``j`` holds indices ``[j*S, (j+1)*S)`` and rank
+The labeler (:mod:`dtlabel.synth.labelers`) is ``--head HEAD_RUN`` (the head on the teacher's
+features), ``--labeler RUN`` (a train-head or a train-student run; a student reads the images alone
+and needs no ``--teacher`` unless the mode samples) or ``--ensemble RUN RUN ...`` (the mean of the
+members' probabilities; uncertainty = their Jensen-Shannon divergence). It turns the images into
+probabilities, a hard label, an uncertainty map and a per-image score (format: :mod:`dtlabel.synth.shards`). Shard ``j`` holds indices ``[j*S, (j+1)*S)`` and rank
 ``r`` of ``K`` (torchrun) writes the shards with ``j % K == r``, so every sample is the same whatever
 the shard size, batch size, number of ranks or restarts. Shards are committed by a rename; ``--resume``
 skips committed shards (their sha256 checked against the sidecar) and redoes the rest. Rank 0 writes
@@ -36,13 +40,10 @@ from dtlabel.data import data_size
 from dtlabel.data.folder import list_images
 from dtlabel.device import select_device
 from dtlabel.errors import ConfigError, DataError, ModelError, RunError
-from dtlabel.heads import load_head
-from dtlabel.heads.base import DESCRIPTOR as HEAD_DESCRIPTOR
-from dtlabel.heads.base import WEIGHTS as HEAD_WEIGHTS
-from dtlabel.io import read_json, sha256_bytes, sha256_file, write_json
-from dtlabel.heads.reading import teacher_for_head
+from dtlabel.io import read_json, write_json
 from dtlabel.labeling import ImageList, image_batch, sampled_batch
-from dtlabel.runs import DESCRIPTOR, Run, read_run
+from dtlabel.runs import DESCRIPTOR, Run
+from dtlabel.synth.labelers import Labeler, load_labeler
 from dtlabel.synth.shards import (
     MANIFEST,
     PLAN,
@@ -74,17 +75,6 @@ def _check_options(sc: DictConfig) -> None:
         raise ConfigError(f"synth.size={list(sc.size)}: expected [H, W] with both >= 8, or null")
 
 
-def head_folder(path: str | Path) -> Path:
-    p = Path(path)
-    return p / "head" if not (p / HEAD_DESCRIPTOR).is_file() and (p / "head" / HEAD_DESCRIPTOR).is_file() else p
-
-
-def head_hash(path: str | Path) -> str:
-    """Short hash of a head folder's descriptor and weights."""
-    folder = head_folder(path)
-    return sha256_bytes((sha256_file(folder / HEAD_DESCRIPTOR) + sha256_file(folder / HEAD_WEIGHTS)).encode())[:16]
-
-
 def _image_list(root: str) -> tuple[Path, list[Path]]:
     folder = Path(root).expanduser()
     if not folder.is_dir():
@@ -112,20 +102,24 @@ def _count(cfg: DictConfig, files: list[Path] | None) -> int:
     return n
 
 
-def _pool_images(cfg: DictConfig, head: Any) -> tuple[ImageList, dict[str, Any]]:
-    """The data set's label-free pool (never validation or test images) without the head's labeled and
-    validation images: what ``synthesize data=...`` labels when given neither --n nor --images."""
+def _pool_images(cfg: DictConfig, labeler: Labeler) -> tuple[ImageList, dict[str, Any]]:
+    """The data set's label-free pool (never validation or test images) without the labeler's labeled
+    and validation images (every member's): what ``synthesize data=...`` labels when given neither --n
+    nor --images."""
     from dtlabel.data import build_data, pseudo_label_pool
 
     bundle = build_data(cfg.data)
-    trained_on = head.meta.get("data")
+    trained_on = labeler.meta.get("data")
     if trained_on and trained_on != bundle.name:
-        raise ConfigError(f"--head was trained on data set '{trained_on}' but the configured data set is "
-                          f"'{bundle.name}': pass data={trained_on} data.root=... to label its pool, --images DIR "
+        raise ConfigError(f"the labeler {labeler.path} was trained on data set '{trained_on}' but the configured data "
+                          f"set is '{bundle.name}': pass data={trained_on} data.root=... to label its pool, --images DIR "
                           "to label a folder, or --n N to sample")
-    held = [*(head.meta.get("label_ids") or []), *(head.meta.get("val_ids") or [])]
+    if bundle.labeled is not None and list(bundle.labeled.class_names) != labeler.class_names:
+        raise ModelError(f"the labeler {labeler.path} predicts classes {labeler.class_names} but data set {bundle.name} "
+                         f"has {list(bundle.labeled.class_names)}; use a model trained on this data set's class list")
+    held = [*(labeler.meta.get("label_ids") or []), *(labeler.meta.get("val_ids") or [])]
     pool, ids, excluded = pseudo_label_pool(bundle, held)
-    log.info("synthesize: the label-free pool of %s, %d images (%d of the head's labeled / validation images left "
+    log.info("synthesize: the label-free pool of %s, %d images (%d of the labeler's labeled / validation images left "
              "out; validation and test splits are never in it)", bundle.name, len(ids), excluded)
     return ImageList.of_source(pool, ids), {"data": bundle.name, "root": str(cfg.data.get("root")),
                                             "excluded": excluded}
@@ -163,64 +157,70 @@ def _short(v: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- command
+def _labeler_paths(cfg: DictConfig) -> list[str]:
+    """The labeler's run folders: ``--head`` or ``--labeler`` (one run) or ``--ensemble`` (several)."""
+    given = {k: cfg.inputs.get(k) for k in ("head", "labeler", "ensemble") if cfg.inputs.get(k)}
+    if len(given) > 1:
+        raise ConfigError(f"pass one of --head, --labeler and --ensemble, not {' and '.join('--' + k for k in given)}")
+    if not given:
+        raise ConfigError("synthesize needs a labeler: --head HEAD_RUN (a train-head run), --labeler RUN (a train-head "
+                          "or train-student run) or --ensemble RUN RUN ...")
+    value = next(iter(given.values()))
+    paths = [str(value)] if isinstance(value, str) else [str(v) for v in value]
+    if "ensemble" in given and len(paths) < 2:
+        raise ConfigError(f"--ensemble needs at least two runs, got {len(paths)}; use --labeler for one")
+    return paths
+
+
 def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     sc = cfg.synth
     _check_options(sc)
-    if not cfg.inputs.get("teacher"):
-        raise ConfigError("synthesize needs --teacher DIR (a fit-teacher run folder or a local diffusers model folder)")
-    if not cfg.inputs.get("head"):
-        raise ConfigError("synthesize needs --head DIR (a train-head run folder)")
+    paths = _labeler_paths(cfg)
     images_root, files = (None, None)
     if cfg.inputs.get("images"):
         images_root, files = _image_list(str(cfg.inputs.images))
-    # neither --n nor --images: the configured data set's label-free pool (read once the head is known)
+    # neither --n nor --images: the configured data set's label-free pool (read once the labeler is known)
     from_pool = files is None and cfg.get("n") is None
     n = _count(cfg, files) if not from_pool else 0
     files = files[:n] if files is not None else None
     mode = "image" if files is not None or from_pool else "sample"
-    resolve_model_root(str(cfg.inputs.teacher))  # "not found" before loading anything
+    if mode == "sample" and not cfg.inputs.get("teacher"):
+        raise ConfigError("synthesize --n needs --teacher DIR (a fit-teacher run folder or a local diffusers model "
+                          "folder) to sample from; --images DIR or a data set's pool can be labeled by a student alone")
+    if cfg.inputs.get("teacher"):
+        resolve_model_root(str(cfg.inputs.teacher))  # "not found" before loading anything
 
     device = dist.init_from_env(select_device(cfg.device))
     rank, world = dist.rank(), dist.world_size()
-    head_path = Path(str(cfg.inputs.head))
-    if (head_path / "head" / HEAD_DESCRIPTOR).is_file():  # a run folder, not a bare head/ folder: finished?
-        read_run(head_path, "train-head", "--head")
-    head = load_head(str(head_path), device)
-    teacher = teacher_for_head(str(cfg.inputs.teacher), cfg.teacher, head, str(cfg.amp)).to(device)
-    t_hash, h_hash = teacher.teacher_hash(), head_hash(str(cfg.inputs.head))
-    trained_on = head.meta.get("teacher_hash")
-    if trained_on and trained_on != t_hash:
-        raise ModelError(f"--head {cfg.inputs.head} was trained on teacher {trained_on}, but --teacher "
-                         f"{cfg.inputs.teacher} is {t_hash}; pass the teacher the head was trained with")
-    if head.num_classes > 256:
-        raise ModelError(f"--head has {head.num_classes} classes; shards store labels as uint8 (at most 256)")
+    labeler, teacher = load_labeler(paths, cfg.inputs.get("teacher"), cfg.teacher, device, str(cfg.amp))
+    t_hash, l_hash = (teacher.teacher_hash() if teacher is not None else None), labeler.hash()
     images: ImageList | None = None
     source: dict[str, Any] | None = None
     if files is not None and images_root is not None:
         images = ImageList.of_files(files, images_root)
         source = {"folder": str(images_root)}
     elif from_pool:
-        images, source = _pool_images(cfg, head)
+        images, source = _pool_images(cfg, labeler)
         n = len(images.names)
-    # real images default to the size the students train at (the head's data size, else data.size),
+    # real images default to the size the students train at (the labeler's data size, else data.size),
     # samples to the teacher's
     if mode == "image":
         size = tuple(int(s) for s in (sc.size if sc.get("size") is not None else
-                                      head.meta.get("data_size") or data_size(cfg.data)))
+                                      labeler.meta.get("data_size") or data_size(cfg.data)))
     else:
         size = tuple(teacher.image_size)
     ds = int(sc.logits_downsample)
     logits_size = (max(1, size[0] // ds), max(1, size[1] // ds)) if ds > 0 else None
     base_seed = int(sc.base_seed) if sc.get("base_seed") is not None else int(cfg.seed)
     per_shard, bs = int(sc.samples_per_shard), int(sc.batch_size)
-    steps = int(sc.sample_steps) if sc.get("sample_steps") is not None else teacher.sample_steps
+    steps = (int(sc.sample_steps) if sc.get("sample_steps") is not None else teacher.sample_steps) if mode == "sample" else None
     ranges = shard_ranges(n, per_shard)
-    class_names = list(head.meta.get("class_names") or [f"class_{k}" for k in range(head.num_classes)])
+    class_names = labeler.class_names
 
     plan: dict[str, Any] = {
         "mode": mode, "n": n, "samples_per_shard": per_shard, "base_seed": base_seed, "size": list(size),
         "logits_size": list(logits_size) if logits_size else None, "image_format": str(sc.image_format),
-        "teacher_hash": t_hash, "head_hash": h_hash, "sample_steps": steps if mode == "sample" else None,
+        "teacher_hash": t_hash, "head_hash": l_hash, "sample_steps": steps,
         "sampler": teacher.sampler if mode == "sample" else None,
     }
     if images is not None:
@@ -243,7 +243,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
 
     bar = tqdm(total=n_todo, unit="sample", desc=f"synthesize r{rank}" if world > 1 else "synthesize",
                disable=bool(getattr(args, "quiet", False)) or rank > 0, smoothing=0.1)
-    writer = ShardWriter(shard_dir, head.num_classes, str(sc.image_format), int(sc.jpg_quality), int(sc.queue_size),
+    writer = ShardWriter(shard_dir, labeler.num_classes, str(sc.image_format), int(sc.jpg_quality), int(sc.queue_size),
                          on_written=bar.update)
     t0 = time.time()
     try:
@@ -253,10 +253,11 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
             for start in range(first, last + 1, bs):
                 idx = list(range(start, min(last + 1, start + bs)))
                 if mode == "sample":
-                    samples = sampled_batch(teacher, head, idx, base_seed, steps, size, logits_size, float(sc.score_top))
+                    samples = sampled_batch(teacher, labeler, idx, base_seed, steps, size, logits_size,  # type: ignore[arg-type]
+                                            float(sc.score_top))
                     writer.add(samples)
                 else:
-                    samples, skipped = image_batch(teacher, head, images, idx, base_seed, size,  # type: ignore[arg-type]
+                    samples, skipped = image_batch(labeler, images, idx, base_seed, size,  # type: ignore[arg-type]
                                                     logits_size, float(sc.score_top), bool(sc.skip_corrupt))
                     writer.add(samples, skipped)
             writer.close(j)
@@ -276,7 +277,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         raise RunError(f"shards {missing[:5]} are missing after all ranks finished; rerun with --resume")
     from dtlabel.synth.manifest import build_manifest, write_preview
 
-    manifest = build_manifest(run.path, plan, ranges, class_names, head, teacher, cfg, source, world)
+    manifest = build_manifest(run.path, plan, ranges, class_names, labeler, teacher, cfg, source, world)
     preview = write_preview(run.path, manifest, int(sc.preview), class_names) if int(sc.preview) > 0 else None
     write_json(run.path / MANIFEST, manifest)  # last artifact before run.json
     dist.cleanup()
@@ -284,9 +285,11 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
              len(manifest["skipped"]), len(ranges), manifest["bytes"] / 1e6, manifest["bytes_per_sample"] / 1e3)
     return {
         "manifest": MANIFEST, "mode": mode, "count": manifest["count"], "n": n, "skipped": len(manifest["skipped"]),
-        "num_classes": head.num_classes, "class_names": class_names, "size": list(size),
+        "num_classes": labeler.num_classes, "class_names": class_names, "size": list(size),
         "logits_size": list(logits_size) if logits_size else None, "shards": len(ranges), "world_size": world,
-        "teacher": str(cfg.inputs.teacher), "head": str(cfg.inputs.head), "teacher_hash": t_hash, "head_hash": h_hash,
+        "teacher": str(cfg.inputs.teacher) if cfg.inputs.get("teacher") else None,
+        "head": str(cfg.inputs.head) if cfg.inputs.get("head") else None, "teacher_hash": t_hash, "head_hash": l_hash,
+        "labeler": labeler.describe(),
         "samples_per_second": round(rate, 3), "bytes_per_sample": manifest["bytes_per_sample"],
         "preview": preview.name if preview else None,
     }

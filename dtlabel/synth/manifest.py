@@ -16,7 +16,7 @@ QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def build_manifest(path: Path, plan: dict[str, Any], ranges: list[tuple[int, int]], class_names: list[str],
-                   head: Any, teacher: Any, cfg: DictConfig, source: dict[str, Any] | None, world: int) -> dict[str, Any]:
+                   labeler: Any, teacher: Any, cfg: DictConfig, source: dict[str, Any] | None, world: int) -> dict[str, Any]:
     """Aggregate every shard's sidecar into the manifest (count, hashes, histogram, scores).
 
     ``source`` (real images): ``{"folder": DIR}`` for ``--images`` or ``{"data": name, "root": ...,
@@ -51,7 +51,7 @@ def build_manifest(path: Path, plan: dict[str, Any], ranges: list[tuple[int, int
         "logits_size": plan["logits_size"],
         "logits": "float16 log-probabilities (C, h, w), area-averaged probabilities, clamped at ln(1e-6)",
         "image_format": plan["image_format"],
-        "uncertainty": {"head": head.uncertainty_kind,
+        "uncertainty": {"head": labeler.uncertainty_kind,
                         "encoding": "16-bit PNG = round(65535 * min(1, u / ln(num_classes))); reader: value / 65535"},
         "score": {"definition": f"mean of the top {float(cfg.synth.score_top):g} fraction of the stored "
                                 "uncertainty (value / 65535) per image; higher = more uncertain",
@@ -66,10 +66,15 @@ def build_manifest(path: Path, plan: dict[str, Any], ranges: list[tuple[int, int
         "bytes": total_bytes,
         "bytes_per_sample": round(total_bytes / max(1, count), 1),
         "skipped": skipped,
-        "teacher": {"hash": plan["teacher_hash"], "path": str(cfg.inputs.teacher), **_teacher_info(teacher)},
-        "head": {"hash": plan["head_hash"], "path": str(cfg.inputs.head), "kind": head.kind,
-                 "trained_on_teacher": head.meta.get("teacher_hash"),
-                 "label_ids": head.meta.get("label_ids")},  # students keep them out of their validation slice
+        "teacher": ({"hash": plan["teacher_hash"], "path": str(cfg.inputs.teacher), **_teacher_info(teacher)}
+                    if teacher is not None else None),
+        # the labeler (a head, a student or an ensemble; the key keeps format 2's name): students keep its
+        # labeled images (every member's) out of their validation slice
+        "head": {"hash": plan["head_hash"], "path": labeler.path,
+                 "kind": labeler.head_kind if labeler.kind == "head" else labeler.kind,
+                 "trained_on_teacher": labeler.meta.get("teacher_hash"),
+                 "label_ids": labeler.meta.get("label_ids")},
+        "labeler": labeler.describe(),
         "sampler": plan.get("sampler"),
         "sample_steps": plan.get("sample_steps"),
         "source": source,
