@@ -99,6 +99,7 @@ NULLABLE_TYPES: dict[str, str] = {
     "keep_every": "integer", "steps": "integer", "teacher_batch": "integer", "micro_batch": "integer",
     "label_seed": "integer", "hidden": "integer", "epoch_steps": "integer", "base_seed": "integer",
     "sample_steps": "integer", "labels": "integer", "n": "integer", "size": "size", "snr_gamma": "number",
+    "unlabeled_batch_size": "integer",
 }
 # keys whose null means "off / automatic" in every preset, even where a preset sets a value
 # (head.teacher_batch=null: the whole batch in one teacher pass)

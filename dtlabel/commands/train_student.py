@@ -119,6 +119,9 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     check_encoder(str(sc.encoder))
     if cfg.inputs.get("backbone"):
         backbone_file(str(cfg.inputs.backbone))
+    if sc.get("unlabeled") == "unimatch" and (n_labels is None or synth_dir):
+        raise ConfigError("student.unlabeled=unimatch trains on --labels N and the data set's label-free pool; "
+                          "it takes no --synth (pseudo-labels are the other recipe)")
     if cfg.inputs.get("init"):
         if cfg.inputs.get("backbone"):
             raise ConfigError("pass --init (a whole student) or --backbone (an encoder), not both")
@@ -183,8 +186,15 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
     backbone = load_backbone(model, str(cfg.inputs.backbone)) if cfg.inputs.get("backbone") else None
     init = init_from_student(model, str(cfg.inputs.init)) if cfg.inputs.get("init") else None
     model.to(device)
-    task = StudentTask(model, source, label_ids, synth, val_ids, test_ids, size, sc, seed, device, str(cfg.amp),
-                       int(cfg.num_workers), unused)
+    if sc.get("unlabeled") == "unimatch":
+        from dtlabel.students.unimatch import UniMatchTask, unimatch_pool
+
+        task: StudentTask = UniMatchTask(model, source, label_ids, unimatch_pool(bundle, [*label_ids, *val_ids]), val_ids,
+                                         test_ids, size, sc, seed, device, str(cfg.amp), int(cfg.num_workers), unused,
+                                         run_dir=run.path)
+    else:
+        task = StudentTask(model, source, label_ids, synth, val_ids, test_ids, size, sc, seed, device, str(cfg.amp),
+                           int(cfg.num_workers), unused)
     stage2 = sc.get("stage2_epochs", 0)  # absent in configs of runs started before the two-stage default
     stage2_epochs = int(sc.epochs if stage2 is None else stage2)
     two_stage = synth is not None and bool(label_ids) and stage2_epochs > 0

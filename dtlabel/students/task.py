@@ -59,6 +59,17 @@ def check_student_options(sc: DictConfig) -> None:
         raise ConfigError(f"student.drop_uncertain={sc.drop_uncertain} must be in [0, 1)")
     if not 0.0 < float(sc.real_ratio) < 1.0:
         raise ConfigError(f"student.real_ratio={sc.real_ratio} must be in (0, 1) (share of real images per batch)")
+    if sc.get("unlabeled") not in (None, "unimatch"):
+        raise ConfigError(f"student.unlabeled={sc.unlabeled}: expected null or unimatch")
+    um = sc.get("unimatch")
+    if sc.get("unlabeled") == "unimatch" and um is not None:
+        if not 0.0 <= float(um.threshold) <= 1.0:
+            raise ConfigError(f"student.unimatch.threshold={um.threshold} must be in [0, 1]")
+        if not 0.0 <= float(um.fp_dropout) < 1.0 or not 0.0 <= float(um.cutmix) <= 1.0:
+            raise ConfigError("student.unimatch.fp_dropout must be in [0, 1) and student.unimatch.cutmix in [0, 1]")
+        if um.get("unlabeled_batch_size") is not None and int(um.unlabeled_batch_size) < 2:
+            raise ConfigError(f"student.unimatch.unlabeled_batch_size={um.unlabeled_batch_size} must be >= 2 (CutMix "
+                              "pairs images of a batch) or null")
     if sc.get("scale") is not None and (len(sc.scale) != 2 or not 0 < float(sc.scale[0]) <= float(sc.scale[1])):
         raise ConfigError(f"student.scale={list(sc.scale)}: expected [min, max] with 0 < min <= max, or null")
 
