@@ -20,6 +20,18 @@ stages (``--stages`` picks some, in this order):
 - ``synth-sampled``: ``synthesize --n SAMPLES`` (teacher samples labeled by the same head)
 - ``student-s``:    ``train-student --synth synth-sampled --labels N`` (sampled pseudo-labels + the N real labels)
 
+The semi-supervised peers and the recipes that combine them (issue 33), each a default two-stage
+``train-student --synth S --labels N`` on the pseudo-labels of the same unlabeled photos:
+
+- ``synth-self`` / ``student-self``: self-training, the scratch student labels (``--labeler scratch``);
+- ``synth-iter`` / ``student-iter``: iterated distillation, the two-stage student labels again
+  (``--labeler student-2s``);
+- ``synth-comb`` / ``student-comb``: the combined recipe, the mean of the head and the scratch student
+  (``--ensemble head scratch``);
+- ``synth-comb-iter`` / ``student-comb-iter``: the combined student labels again;
+- ``unimatch``:     ``train-student --labels N student.unlabeled=unimatch`` (the consistency peer on the
+                    data set's label-free pool).
+
 At the end it prints the test table of the finished heads and students (and the class pixel share
 of the synth sets next to the real labels'), and writes it to ``OUT/results-<N>.md``. Test split:
 the data set's (CCP: 0805-1004), never used for selection. Example (the rows in docs/RESULTS.md)::
@@ -46,12 +58,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stages import done, run_stage  # noqa: E402
 
 STAGES = ("scratch", "head-int", "head-mlp", "synth-img", "student-pr", "student-2s", "student-p", "synth-sampled",
-          "student-s")
+          "student-s", "synth-self", "student-self", "synth-iter", "student-iter", "synth-comb", "student-comb",
+          "synth-comb-iter", "student-comb-iter", "unimatch")
+# pseudo-labelled sets of the unlabeled photos made by finished models: stage -> (labelers, the student it feeds)
+LABELED_BY = {"synth-self": (("scratch",), "student-self"), "synth-iter": (("student-2s",), "student-iter"),
+              "synth-comb": (("head", "scratch"), "student-comb"),
+              "synth-comb-iter": (("student-comb",), "student-comb-iter")}
 LABELS = {"scratch": "scratch student (N real labels)", "head-int": "head: interpreter",
           "head-mlp": "head: mlp-ensemble", "student-pr": "student (pseudo-labels + N real labels)",
           "student-2s": "two-stage student (student-pr, then a fine-tune on the N real labels)",
           "student-p": "student (pseudo-labels only)",
-          "student-s": "student (sampled pseudo-labels + N real labels)"}
+          "student-s": "student (sampled pseudo-labels + N real labels)",
+          "student-self": "self-training (the scratch student labels; two stages)",
+          "student-iter": "iterated (the two-stage student labels; two stages)",
+          "student-comb": "combined (head + scratch student ensemble labels; two stages)",
+          "student-comb-iter": "combined, iterated (the combined student labels; two stages)",
+          "unimatch": "UniMatch-style consistency (N labels + the label-free pool)"}
 
 
 def _val_miou(folder: Path) -> float:
@@ -108,7 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         "synth-sampled": lambda: ["synthesize", "--n", str(args.samples), "--teacher", args.teacher, "--head",
                                   str(head()), f"synth.sample_steps={args.sample_steps}"],
         "student-s": lambda: ["train-student", "--synth", str(folder["synth-sampled"]), "--labels", str(n), *draw_s],
+        "unimatch": lambda: ["train-student", "--labels", str(n), *draw_s, "student.unlabeled=unimatch"],
     }
+    for stage, (labelers, student) in LABELED_BY.items():
+        def relabel(labelers: tuple[str, ...] = labelers) -> list[str]:
+            runs = [str(head() if x == "head" else folder[x]) for x in labelers]
+            who = ["--ensemble", *runs] if len(runs) > 1 else ["--labeler", *runs]
+            return ["synthesize", "--images", str(unlabeled), *(["--teacher", args.teacher] if "head" in labelers else []),
+                    *who, size()]
+
+        commands[stage] = relabel
+        commands[student] = lambda stage=stage: ["train-student", "--synth", str(folder[stage]), "--labels", str(n),
+                                                 *draw_s]
     for stage in STAGES:
         if stage not in args.stages or done(folder[stage]):
             continue
@@ -118,14 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     from results_table import metrics_table, synth_table
 
     rows = [(LABELS[s], folder[s]) for s in ("head-int", "head-mlp", "student-pr", "student-2s", "student-p", "student-s",
-                                                 "scratch")
+                                                 "student-self", "student-iter", "student-comb", "student-comb-iter",
+                                                 "unimatch", "scratch")
             if done(folder[s])]
     text = []
     if rows:
         table, _, _ = metrics_table(rows)
         text.append(f"CCP ({args.data}), N = {n}, label draw {args.label_seed if args.label_seed is not None else 0}, "
                     f"test split, IoU in %\n\n{table}")
-    synths = [(s, folder[s]) for s in ("synth-img", "synth-sampled") if done(folder[s])]
+    synths = [(s, folder[s]) for s in ("synth-img", "synth-sampled", *LABELED_BY) if done(folder[s])]
     if synths:
         text.append(synth_table(synths, data))
     if text:

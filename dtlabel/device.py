@@ -2,6 +2,8 @@
 
 Mixed precision is the ``amp`` key: on CUDA ``auto`` is bf16 where supported, else fp16; on a CPU
 ``auto`` and ``off`` run float32 and ``bf16`` switches ``torch.autocast("cpu", torch.bfloat16)`` on.
+The training commands' cpu presets set ``cpu_bf16: true`` (:func:`training_amp`): under ``auto`` they
+train in bf16 on a CPU with bf16 instructions and in float32 on one without.
 That pays only on CPUs with bfloat16 instructions (avx512_bf16 / amx_bf16: about half a training
 step where measured); without them the kernels are emulated and a step is 16-42x slower
 (docs/RESULTS.md), and a warning says so. fp16 is CUDA only.
@@ -75,6 +77,24 @@ def amp_dtype(device: torch.device, mode: str | None = "auto") -> torch.dtype | 
     if mode == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
+
+
+def training_amp(amp: str | None, cpu_bf16: bool, device: torch.device) -> str:
+    """The ``amp`` mode a training command runs in: ``amp`` itself, except that under ``amp=auto`` a
+    config section's ``cpu_bf16`` switch picks bfloat16 autocast on a CPU with native bf16 instructions
+    (avx512_bf16 / amx_bf16: about half the float32 step time at the same quality, docs/RESULTS.md).
+    Elsewhere bf16 is emulated and many times slower, so a CPU without them stays float32; ``amp=off``
+    forces float32 anywhere."""
+    mode = str(amp if amp is not None else "auto")
+    if mode.lower() == "auto" and device.type == "cpu" and bool(cpu_bf16) and cpu_has_bf16():
+        return "bf16"
+    return mode
+
+
+def precision(device: torch.device, amp: str | None) -> str:
+    """What a run records of its arithmetic: ``bf16``, ``fp16`` or ``fp32``."""
+    dtype = amp_dtype(device, amp)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype is not None else "fp32"
 
 
 @contextlib.contextmanager

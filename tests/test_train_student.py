@@ -251,3 +251,17 @@ def test_init_from_a_student_run_starts_from_its_weights(scratch: Path, tmp_path
     code, _, err = cli("train-student", *TINY, "--labels", "8", "--init", scratch, "--backbone", scratch,
                        "--out", tmp_path / "both")
     assert code == 2 and "not both" in err
+
+
+def test_cpu_bf16_under_amp_auto_is_recorded(tmp_path: Path) -> None:
+    """student.cpu_bf16 (the cpu preset's): amp=auto trains in bf16 where the CPU has bf16 instructions,
+    float32 elsewhere; amp=off forces float32; run.json says which."""
+    from dtlabel.device import cpu_has_bf16
+
+    got = {}
+    for amp in ("auto", "off"):
+        out = tmp_path / amp
+        assert main(["train-student", *TINY, "--labels", "8", "student.cpu_bf16=true", f"amp={amp}", "student.epochs=1",
+                     "--out", str(out)]) == 0
+        got[amp] = json.loads((out / "run.json").read_text())["precision"]
+    assert got == {"auto": "bf16" if cpu_has_bf16() else "fp32", "off": "fp32"}

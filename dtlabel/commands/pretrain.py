@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from dtlabel import dist, seeds
 from dtlabel.data import build_data, data_size, label_free_pool
 from dtlabel.data.transforms import ImageDataset, build_transform, to_uint8
-from dtlabel.device import select_device
+from dtlabel.device import precision, select_device, training_amp
 from dtlabel.engine import train
 from dtlabel.errors import ConfigError, DataError, ModelError
 from dtlabel.heads import load_head
@@ -50,6 +50,8 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     if cfg.inputs.get("head"):
         read_run(str(cfg.inputs.head), "train-head", "--head")
     device = dist.init_from_env(select_device(cfg.device))
+    # under amp=auto, pretrain.cpu_bf16 trains (and reads the teacher) in bf16 on a CPU with bf16 instructions
+    cfg.amp = training_amp(str(cfg.amp), bool(pc.get("cpu_bf16", False)), device)
     try:
         return _run(run, cfg, pc, device, args)
     finally:
@@ -116,7 +118,8 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
     dist.barrier()
     log.info("pretrain: %d steps, final loss %.4f; backbone in %s", result.steps, result.loss_ema, run.path / BACKBONE)
     return {"backbone": BACKBONE, **{k: v for k, v in desc.items() if k != "teacher"},
-            "final_loss": round(result.loss_ema, 6), "world_size": dist.world_size()}
+            "final_loss": round(result.loss_ema, 6), "world_size": dist.world_size(),
+            "precision": precision(device, str(cfg.amp))}
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from dtlabel.data import build_data, data_size
 from dtlabel.data.base import DataBundle, LabeledSource
 from dtlabel.data.check import check_before_training
 from dtlabel.data.splits import labeled_ids, validation_ids
-from dtlabel.device import select_device
+from dtlabel.device import precision, select_device, training_amp
 from dtlabel.engine import train
 from dtlabel.errors import ConfigError, DataError
 from dtlabel.heads import create_head, head_class
@@ -76,6 +76,8 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     resolve_model_root(str(cfg.inputs.teacher))  # "not found" before reading any data
     check_head_options(hc)
     device = dist.init_from_env(select_device(cfg.device))
+    # under amp=auto the preset's head.cpu_bf16 trains (and reads the teacher) in bf16 on a CPU with bf16 instructions
+    cfg.amp = training_amp(str(cfg.amp), bool(hc.get("cpu_bf16", False)), device)
     try:
         return _run(run, cfg, hc, kind, n_labels, device, args)
     finally:
@@ -149,4 +151,5 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int | N
         "teacher": str(cfg.inputs.teacher), "feature_spec": spec.to_dict(), "data": bundle.name, "size": list(size),
         "steps": result.steps, "epochs": result.steps // task.per_epoch, "test_miou": test["miou"],
         "val_miou": (val or {}).get("miou"), "cache": bool(hc.cache), "world_size": dist.world_size(),
+        "precision": precision(device, str(cfg.amp)),
     }

@@ -33,7 +33,7 @@ from dtlabel.data import build_data, data_size
 from dtlabel.data.base import DataBundle, LabeledSource
 from dtlabel.data.check import check_before_training
 from dtlabel.data.splits import labeled_ids, validation_ids
-from dtlabel.device import select_device
+from dtlabel.device import precision, select_device, training_amp
 from dtlabel.engine import train
 from dtlabel.errors import ConfigError, DataError
 from dtlabel.io import write_json
@@ -130,6 +130,8 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
 
     device = dist.init_from_env(select_device(cfg.device))
     rank, world = dist.rank(), dist.world_size()
+    # under amp=auto the preset's student.cpu_bf16 trains in bf16 on a CPU with bf16 instructions
+    cfg.amp = training_amp(str(cfg.amp), bool(sc.get("cpu_bf16", False)), device)
     try:
         return _run(run, cfg, sc, kwargs, n_labels, synth, device, rank, world, args)
     finally:
@@ -263,4 +265,5 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
         "synth_samples": len(synth) if synth is not None else None, "backbone": backbone, "init": init, "data": bundle.name,
         "size": list(size), "steps": result.steps, "epochs": result.steps // task.epoch_steps, "world_size": world,
         "test_miou": test["miou"], "val_miou": (val or {}).get("miou"), "stage1": stage1,
+        "precision": precision(device, str(cfg.amp)),
     }

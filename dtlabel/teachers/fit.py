@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dtlabel import dist, seeds
 from dtlabel.data.streams import IndexStream, PositionedDataset
-from dtlabel.device import cpu_has_bf16
+from dtlabel.device import training_amp
 from dtlabel.engine import CheckpointStore, LoopConfig, Task, train
 from dtlabel.errors import ConfigError
 from dtlabel.io import atomic_dir, write_text
@@ -145,10 +145,10 @@ def fit_amp(amp: str, cfg: DictConfig, device: torch.device) -> str:
     steps, docs/RESULTS.md). Where the CPU lacks them bf16 is emulated and many times slower, so
     there it stays float32; ``amp=off`` forces float32 anywhere.
     """
-    if str(amp).lower() == "auto" and device.type == "cpu" and bool(cfg.get("cpu_bf16", False)) and cpu_has_bf16():
+    chosen = training_amp(amp, bool(cfg.get("cpu_bf16", False)), device)
+    if chosen != str(amp):
         log.info("fit.cpu_bf16: training in bfloat16 autocast (this CPU has native bf16; amp=off for float32)")
-        return "bf16"
-    return str(amp)
+    return chosen
 
 
 def loop_config(cfg: DictConfig, seed: int, amp: str) -> LoopConfig:
