@@ -38,7 +38,7 @@ from tqdm import tqdm
 from dtlabel import dist
 from dtlabel.data import data_size
 from dtlabel.data.folder import list_images
-from dtlabel.device import select_device
+from dtlabel.device import precision, select_device, training_amp
 from dtlabel.errors import ConfigError, DataError, ModelError, RunError
 from dtlabel.io import read_json, write_json
 from dtlabel.labeling import ImageList, image_batch, sampled_batch
@@ -192,6 +192,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
 
     device = dist.init_from_env(select_device(cfg.device))
     rank, world = dist.rank(), dist.world_size()
+    cfg.amp = training_amp(str(cfg.amp), bool(sc.get("cpu_bf16", False)), device)  # synth.cpu_bf16 under amp=auto
     labeler, teacher = load_labeler(paths, cfg.inputs.get("teacher"), cfg.teacher, device, str(cfg.amp))
     t_hash, l_hash = (teacher.teacher_hash() if teacher is not None else None), labeler.hash()
     images: ImageList | None = None
@@ -289,7 +290,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         "logits_size": list(logits_size) if logits_size else None, "shards": len(ranges), "world_size": world,
         "teacher": str(cfg.inputs.teacher) if cfg.inputs.get("teacher") else None,
         "head": str(cfg.inputs.head) if cfg.inputs.get("head") else None, "teacher_hash": t_hash, "head_hash": l_hash,
-        "labeler": labeler.describe(),
+        "labeler": labeler.describe(), "precision": precision(device, str(cfg.amp)),
         "samples_per_second": round(rate, 3), "bytes_per_sample": manifest["bytes_per_sample"],
         "preview": preview.name if preview else None,
     }
