@@ -28,6 +28,8 @@ class CheckReport:
     image_share: list[float] = field(default_factory=list)     # fraction of images containing the class
     ignored_share: float = 0.0
     sizes: dict[str, int] = field(default_factory=dict)         # "WxH" -> count (most common first)
+    rotated: int = 0            # images read with their EXIF orientation applied (stored sideways or mirrored)
+    scaled: int = 0             # high-bit-depth images scaled to 8 bits by their type's range
     problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -46,6 +48,12 @@ class CheckReport:
             for i, n in enumerate(self.class_names):
                 lines.append(f"{i:>3}  {n:<20} {100 * self.pixel_share[i]:>9.2f} {100 * self.image_share[i]:>9.1f}")
             lines.append(f"ignored pixels: {100 * self.ignored_share:.2f}%")
+        if self.rotated:
+            lines.append(f"EXIF orientation: {self.rotated} images are stored rotated or mirrored and are read as "
+                         "viewers show them (masks must match that view)")
+        if self.scaled:
+            lines.append(f"bit depth: {self.scaled} images have more than 8 bits per value and are scaled to 8 bits by "
+                         "their type's range (16-bit: value / 257)")
         lines.append(f"problems: {len(self.problems)}")
         return "\n".join(lines)
 
@@ -70,6 +78,7 @@ def check_bundle(bundle: DataBundle, progress: bool = True) -> CheckReport:
                 continue
             key = f"{image.shape[1]}x{image.shape[0]}"
             sizes[key] = sizes.get(key, 0) + 1
+            _count_notes(rep, src, id_)
             counts = np.bincount(mask[mask != src.ignore_index].ravel().astype(np.int64), minlength=c)[:c]
             pix += counts
             imgs += counts > 0
@@ -97,10 +106,23 @@ def check_bundle(bundle: DataBundle, progress: bool = True) -> CheckReport:
                 continue
             key = f"{image.shape[1]}x{image.shape[0]}"
             sizes[key] = sizes.get(key, 0) + 1
+            _count_notes(rep, bundle.unlabeled, id_)
         rep.pool = len(bundle.unlabeled)
         rep.unlabeled = rep.pool - n_from_labeled
     rep.sizes = dict(sorted(sizes.items(), key=lambda kv: -kv[1]))
     return rep
+
+
+def _count_notes(rep: CheckReport, source: object, id_: str) -> None:
+    """Count what the image reader changed in ``id_``'s file (EXIF rotation, bit depth)."""
+    from dtlabel.data.folder import image_notes
+
+    file = getattr(source, "file", None)
+    path = file(id_) if callable(file) else None
+    if path is not None:
+        notes = image_notes(path)
+        rep.rotated += "rotated" in notes
+        rep.scaled += "scaled" in notes
 
 
 def check_before_training(src: LabeledSource, parts: dict[str, Sequence[str]]) -> None:

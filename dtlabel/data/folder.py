@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dtlabel.data.base import ImageSource, LabeledSource
 from dtlabel.errors import DataError
@@ -18,25 +18,73 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
+# EXIF orientation values that rotate or mirror the stored pixels (1 = as stored)
+_EXIF_ORIENTATION = 0x0112
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Decode ``path`` to ``(H, W, 3) uint8`` RGB; a corrupt or unreadable file raises DataError."""
+    """Decode ``path`` to ``(H, W, 3) uint8`` RGB as a viewer shows it: the EXIF orientation applied
+    (phone photos are often stored sideways), 16-bit and 32-bit grayscale scaled by their type's range
+    (``I;16``: value / 257). A corrupt, unreadable or unsupported file raises DataError."""
     try:
         with Image.open(path) as im:
             im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in _HIGH_BIT_MODES:
+                return _high_bit_to_rgb(np.asarray(im), im.mode, path)
             if im.mode != "RGB":
                 im = im.convert("RGB")
             return np.asarray(im, dtype=np.uint8).copy()
     except FileNotFoundError:
         raise DataError(f"image not found: {path}") from None
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc.__class__.__name__}; re-export or remove the file") from None
 
 
+def _high_bit_to_rgb(a: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """A high-bit-depth grayscale array at 8 bits by its type's range: 16-bit (and 32-bit integer
+    values within 0..65535) / 257, float values within [0, 1] x 255; anything else is refused."""
+    a = a.astype(np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode == "F":
+        if lo < 0 or hi > 1:
+            raise DataError(f"image {path} is a float image with values in [{lo:g}, {hi:g}]; dtlabel reads float images "
+                            "in [0, 1]: save it as 8- or 16-bit")
+        scaled = a * 255.0
+    else:
+        if lo < 0 or hi > 65535:
+            raise DataError(f"image {path} is a {mode} image with values in [{lo:g}, {hi:g}], beyond 16 bits; save it "
+                            "as 8- or 16-bit")
+        scaled = a / 257.0
+    g = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=2)
+
+
+def image_notes(path: Path) -> list[str]:
+    """What :func:`read_image` changes in a file as it reads it, from its header alone: ``"rotated"``
+    (an EXIF orientation other than 1) and ``"scaled"`` (a high-bit-depth image). For ``data check``."""
+    notes: list[str] = []
+    try:
+        with Image.open(path) as im:
+            if int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1) != 1:
+                notes.append("rotated")
+            if im.mode in _HIGH_BIT_MODES:
+                notes.append("scaled")
+    except (OSError, SyntaxError, ValueError, TypeError):
+        pass  # read_image reports unreadable files
+    return notes
+
+
 def read_mask(path: Path) -> np.ndarray:
-    """Decode a single-channel index PNG to ``(H, W)`` integers (uint8 or int32)."""
+    """Decode a single-channel index PNG to ``(H, W)`` integers (uint8 or int32), with the EXIF
+    orientation applied as for its image."""
     try:
         with Image.open(path) as im:
             im.load()
+            im = ImageOps.exif_transpose(im)
             if im.mode in ("L", "P"):
                 return np.asarray(im, dtype=np.uint8).copy()
             if im.mode in ("I", "I;16", "I;16B", "I;16L"):
