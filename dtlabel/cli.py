@@ -252,6 +252,12 @@ def _setup_logging(log_file: Any, quiet: bool) -> list[logging.Handler]:
 
 # errno values that are the machine's state, not dtlabel's bug: one line and exit 2
 _USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE}
+# errors a path the user gave can cause: one line naming the path
+_PATH_ERRORS = {errno.ENAMETOOLONG: "a name in the path is longer than the file system allows (255 bytes per "
+                                    "folder or file name); choose a shorter one",
+                errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
+                errno.ELOOP: "the path goes round in a loop of symbolic links; check the links",
+                errno.EISDIR: "the path is a folder where a file is expected; check the path"}
 
 
 def _os_message(exc: OSError) -> str:
@@ -259,6 +265,8 @@ def _os_message(exc: OSError) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return (f"no space left on the device{where}; nothing unfinished was kept as finished: free some space, "
                 "then rerun the same command with --resume")
+    if exc.errno in _PATH_ERRORS:
+        return f"{exc.strerror or type(exc).__name__}{where}: {_PATH_ERRORS[exc.errno]}"
     if exc.errno == errno.EMFILE:
         return (f"too many open files{where}; lower num_workers or raise the limit (ulimit -n), then rerun the "
                 "same command with --resume")
@@ -276,6 +284,27 @@ def _stdout_gone() -> bool:
         return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
     except (OSError, ValueError, AttributeError):  # no real file descriptor (a test's capture)
         return False
+
+
+SEED_MAX = 2**32 - 1  # numpy's generators take seeds in [0, 2**32); torch's and dtlabel's derivations more
+
+
+def check_seeds(cfg: Any) -> None:
+    """Every seed of the config (``seed``, ``*.label_seed``, ``synth.base_seed``) is a whole number in
+    [0, 2**32 - 1]; one ``ConfigError`` naming the key otherwise, before anything is written."""
+    from omegaconf import DictConfig
+
+    def walk(node: Any, prefix: str) -> None:
+        for key in node:
+            value, name = node[key], f"{prefix}{key}"
+            if isinstance(value, DictConfig):
+                walk(value, f"{name}.")
+            elif (key in ("seed", "label_seed", "base_seed")) and value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+                    flag = "--seed" if name == "seed" else name
+                    raise ConfigError(f"{flag}={value}: a seed is a whole number from 0 to {SEED_MAX}")
+
+    walk(cfg, "")
 
 
 def _fail(message: str, code: int, handlers: list[logging.Handler]) -> int:
@@ -304,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cmd, ns, overrides = parse(argv)
         cfg = compose(cmd.config_name, option_overrides(cmd, ns) + overrides)
+        check_seeds(cfg)
         run = Run.open(cmd.run_name, cfg, ns.out, resume=ns.resume)
         handlers = _setup_logging(run.log_file, ns.quiet or run.rank > 0)
         log.info("dtlabel %s -> %s", " ".join(argv), run.path)
@@ -325,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - `dtlabel ... | head`: the reader left
         return 0
     except OSError as exc:  # a full disk, a read-only folder: the user's to fix, not a bug
-        if exc.errno not in _USER_OS_ERRORS:
+        if exc.errno not in _USER_OS_ERRORS and exc.errno not in _PATH_ERRORS:
             raise
         return _fail(_os_message(exc), 2, handlers)
     except TimeBudgetReached as exc:
