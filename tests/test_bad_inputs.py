@@ -219,3 +219,20 @@ def test_data_check_prints_only_its_error_line_without_quiet(world: dict[str, Pa
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "\r" not in done.stderr
     assert done.stderr.startswith("dtlabel: error: data check found 1 problem(s)")
+
+
+def test_labeled_images_without_a_labeled_pixel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """All labeled masks all ignore (255): refused in one line naming them; more than half: a warning."""
+    folder = make_labeled_folder(tmp_path / "d", n=12, size=(32, 32))
+    d = ["data=folder", f"data.root={folder}", 'data.splits.test="0011-0012"', 'label_ids=["0001","0002","0003"]']
+    for i in (1, 2):
+        Image.fromarray(np.full((32, 32), 255, np.uint8), mode="L").save(folder / "masks" / f"{i:04d}.png")
+    out = tmp_path / "warned"
+    assert main(["train-student", *TINY, "-q", *d, "student.epochs=1", "--out", str(out)]) == 0
+    assert "2 of the 3 labeled images have no labeled pixel" in (out / "train-student.log").read_text()
+    Image.fromarray(np.full((32, 32), 255, np.uint8), mode="L").save(folder / "masks" / "0003.png")
+    capsys.readouterr()
+    code = main(["train-student", *TINY, "-q", *d, "--out", str(tmp_path / "refused")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "none of the 3 labeled images has a labeled pixel" in err
+    assert not (tmp_path / "refused" / "run.json").exists()

@@ -131,10 +131,22 @@ def check_before_training(src: LabeledSource, parts: dict[str, Sequence[str]]) -
     size or an out-of-range class id is one :class:`DataError` now, not a crash at step 700.
     Costs one decode per file (about a second for CCP's 50 + 20 + 200)."""
     n = sum(len(ids) for ids in parts.values())
+    unlabeled: list[str] = []  # labeled images whose mask is all ignore_index: nothing to learn from
     for what, ids in parts.items():
         for id_ in ids:
             try:
-                check_pair(src.image(id_), src.mask(id_), src.num_classes, src.ignore_index, src.describe(id_))
+                mask = src.mask(id_)
+                check_pair(src.image(id_), mask, src.num_classes, src.ignore_index, src.describe(id_))
             except DataError as exc:
                 raise DataError(f"{exc} (a {what} image, found before training by checking all {n} images it "
                                 "uses; 'dtlabel data check' lists every problem of the data set)") from None
+            if what == "labeled" and not bool((mask != src.ignore_index).any()):
+                unlabeled.append(id_)
+    labeled = list(parts.get("labeled") or [])
+    if labeled and len(unlabeled) == len(labeled):
+        shown = ", ".join(src.describe(i) for i in unlabeled[:3]) + (" ..." if len(unlabeled) > 3 else "")
+        raise DataError(f"none of the {len(labeled)} labeled images has a labeled pixel: every mask is all "
+                        f"{src.ignore_index} (ignore), e.g. {shown}; label them, or check data.ignore_index")
+    if len(unlabeled) * 2 > len(labeled):
+        log.warning("%d of the %d labeled images have no labeled pixel (their masks are all ignore_index %d), e.g. %s; "
+                    "they teach nothing", len(unlabeled), len(labeled), src.ignore_index, src.describe(unlabeled[0]))
