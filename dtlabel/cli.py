@@ -330,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     handlers: list[logging.Handler] = []
+    run = None
     try:
         cmd, ns, overrides = parse(argv)
         cfg = compose(cmd.config_name, option_overrides(cmd, ns) + overrides)
@@ -367,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dtlabel: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
         return 130
     finally:
+        if run is not None:
+            run.release()
         root = logging.getLogger()
         for h in handlers:
             root.removeHandler(h)

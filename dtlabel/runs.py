@@ -22,6 +22,7 @@ from dtlabel.errors import RunError
 from dtlabel.io import read_json, write_json, write_text
 
 DESCRIPTOR = "run.json"
+LOCK = ".dtlabel.lock"  # held (an OS file lock) by the command writing the folder, for its whole life
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +55,13 @@ class Run:
     cfg: DictConfig
     resumed: bool = False
     rank: int = 0
+    lock: Any = None
+
+    def release(self) -> None:
+        """Let go of the folder's lock (the OS does it anyway when the process ends, killed or not)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     @classmethod
     def open(cls, command: str, cfg: DictConfig, out: str | Path | None, resume: bool = False) -> "Run":
@@ -69,25 +77,34 @@ class Run:
         resumed = False
         if path.exists() and not path.is_dir():
             raise RunError(f"--out {path} is a file; pass a folder path")
-        if path.is_dir() and any(path.iterdir()):
-            desc = path / DESCRIPTOR
-            if not resume:
-                state = "a finished run" if desc.exists() else "an unfinished run"
-                raise RunError(
-                    f"--out {path} already holds {state}; pass --resume to continue it or choose another --out"
-                )
-            if desc.exists():
-                prev = read_json(desc, RunError, what=f"--out {path}: {DESCRIPTOR}")
-                if prev.get("command") != command:
-                    raise RunError(f"--resume: {path} is a '{prev.get('command')}' run, not '{command}'")
-            resumed = True
         try:
             path.mkdir(parents=True, exist_ok=True)
-            write_text(path / "config.yaml", to_yaml(cfg))
+            lock = _lock(path)
         except OSError as exc:
             raise RunError(f"--out {path}: cannot create the run folder ({exc.strerror or type(exc).__name__}); "
                            "choose a folder you can write to") from None
-        return cls(command=command, path=path, cfg=cfg, resumed=resumed)
+        try:  # checked under the lock: two commands on one folder cannot both find it empty
+            if any(p.name != LOCK for p in path.iterdir()):
+                desc = path / DESCRIPTOR
+                if not resume:
+                    state = "a finished run" if desc.exists() else "an unfinished run"
+                    raise RunError(
+                        f"--out {path} already holds {state}; pass --resume to continue it or choose another --out"
+                    )
+                if desc.exists():
+                    prev = read_json(desc, RunError, what=f"--out {path}: {DESCRIPTOR}")
+                    if prev.get("command") != command:
+                        raise RunError(f"--resume: {path} is a '{prev.get('command')}' run, not '{command}'")
+                resumed = True
+            write_text(path / "config.yaml", to_yaml(cfg))
+        except OSError as exc:
+            lock.close()
+            raise RunError(f"--out {path}: cannot create the run folder ({exc.strerror or type(exc).__name__}); "
+                           "choose a folder you can write to") from None
+        except BaseException:
+            lock.close()
+            raise
+        return cls(command=command, path=path, cfg=cfg, resumed=resumed, lock=lock)
 
     @property
     def log_file(self) -> Path | None:
@@ -106,6 +123,30 @@ class Run:
             **descriptor,
         }
         return write_json(self.path / DESCRIPTOR, data)
+
+
+def _lock(path: Path) -> Any:
+    """Take the run folder's lock: an exclusive, non-blocking OS lock on ``LOCK``, released by the OS
+    when the process ends however it ends (a killed run leaves no stale lock). Another live command
+    holding it is one ``RunError``."""
+    handle = open(path / LOCK, "a+")  # noqa: SIM115 - held open for the command's life
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): unguarded, as before
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise RunError(f"--out {path} is in use by another dtlabel command{f' (process {holder})' if holder else ''}; "
+                       "wait for it to end or choose another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def read_run(path: str | Path, command: str | tuple[str, ...], option: str) -> dict[str, Any]:

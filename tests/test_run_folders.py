@@ -91,3 +91,36 @@ def test_safetensors_bytes_do_not_depend_on_the_metadata_order(tmp_path: Path) -
     assert len(blobs) == 1
     with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
         assert f.metadata() == meta and torch.equal(f.get_tensor("w3"), tensors["w3"])
+
+
+def test_two_commands_on_one_folder_the_second_is_refused_and_a_killed_one_does_not_block(tmp_path: Path) -> None:
+    """The run folder's lock: while one command writes it, a second one with the same --out gets one
+    line and exit 2 (and touches nothing); once the first is SIGKILLed, --resume is not blocked."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "dtlabel.cli", "train-student", "--preset", "tiny", "-q", "--labels", "8",
+           "student.epochs=400", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((out / "checkpoints").glob("step_*")):
+            time.sleep(0.05)
+        log_before = (out / "train-student.log").read_text()
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+        assert "is in use by another dtlabel command" in second.stderr and str(first.pid) in second.stderr
+        resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 2 and "in use" in resumed.stderr  # --resume too, while it runs
+        assert (out / "train-student.log").read_text().startswith(log_before)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert (out / ".dtlabel.lock").exists()  # stale file, no stale lock
+    short = [*cmd[:-3], "student.epochs=400", "student.max_minutes=0", "--out", str(out), "--resume"]
+    done = subprocess.run(short, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
