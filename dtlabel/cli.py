@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtlabel import __version__
+from dtlabel import __version__, interrupts
 from dtlabel.errors import ConfigError, DTLabelError, did_you_mean
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local folders only
@@ -307,7 +307,7 @@ def check_seeds(cfg: Any) -> None:
     walk(cfg, "")
 
 
-def _fail(message: str, code: int, handlers: list[logging.Handler]) -> int:
+def _fail(message: str, code: int, handlers: list[logging.Handler], prefix: str = "error: ") -> int:
     """Print the one error line on stderr, after closing any progress bar (so the line stands alone),
     and keep it in the run's log file too."""
     from tqdm import tqdm
@@ -315,8 +315,8 @@ def _fail(message: str, code: int, handlers: list[logging.Handler]) -> int:
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
     sys.stderr.flush()
-    print(f"dtlabel: error: {message}", file=sys.stderr)
-    record = logging.LogRecord("dtlabel", logging.ERROR, __file__, 0, "error: %s", (message,), None)
+    print(f"dtlabel: {prefix}{message}", file=sys.stderr)
+    record = logging.LogRecord("dtlabel", logging.ERROR, __file__, 0, prefix + "%s", (message,), None)
     for h in handlers:
         if isinstance(h, logging.FileHandler):
             h.handle(record)
@@ -324,7 +324,8 @@ def _fail(message: str, code: int, handlers: list[logging.Handler]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the process exit code (0 ok, 2 user error, 130 interrupted)."""
+    """Run one command; returns the process exit code (0 ok, 2 user error, 130 / 143 stopped by SIGINT /
+    SIGTERM: checkpointed where the command can be, continued with --resume)."""
     from dtlabel.config import compose
     from dtlabel.runs import Run, TimeBudgetReached
 
@@ -341,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, func = cmd.target.split(":")
         fn = getattr(importlib.import_module(f"dtlabel.commands.{module}"), func)
         t0 = time.time()
-        descriptor = fn(run, cfg, ns) or {}
+        with interrupts.handling():  # SIGTERM / SIGINT: checkpoint at the next step, one line, 128 + signal
+            descriptor = fn(run, cfg, ns) or {}
         descriptor.setdefault("seconds", round(time.time() - t0, 2))
         # the exact command, for reports (what a person would retype; --resume says it was continued)
         descriptor.setdefault("command_line", shlex.join(["dtlabel", *argv]))
@@ -364,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)
+    except interrupts.Interrupted as exc:
+        return _fail(str(exc), exc.exit_code, handlers, prefix="")
     except KeyboardInterrupt:
         print("dtlabel: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
         return 130

@@ -57,6 +57,7 @@ def uninterrupted(teacher: Path, tmp_path_factory: pytest.TempPathFactory):  # n
             done[name] = _sha(root / name / artifact)
         return done[name]
 
+    sha.root = root  # type: ignore[attr-defined]  # the finished runs: root / name
     return sha
 
 
@@ -141,3 +142,55 @@ def test_full_disk_while_writing_a_shard(teacher: Path, tmp_path: Path, monkeypa
     assert main([*argv, "--resume", "--out", str(out)]) == 0
     shards = sorted(p.name for p in (tmp_path / "clean" / "shards").glob("*.tar"))
     assert shards and all(_sha(out / "shards" / s) == _sha(tmp_path / "clean" / "shards" / s) for s in shards)
+
+
+def _sigterm_then_resume(cmd: list[str], out: Path, ready) -> str:  # noqa: ANN001
+    """Start ``cmd``, send SIGTERM once ``ready()`` holds, check the clean stop (exit 143, one line
+    naming SIGTERM and --resume, nothing finished), then --resume; returns the stop line."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ready():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0] and "--resume" in lines[0], lines
+    assert not (out / "run.json").exists()
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", ["fit-teacher", "train-head", "train-student", "pretrain"])
+def test_sigterm_checkpoints_at_the_next_step_and_resumes_to_the_same_bytes(name: str, teacher: Path, uninterrupted,
+                                                                             tmp_path: Path) -> None:
+    argv, artifact = _commands(teacher)[name]
+    out = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "dtlabel.cli", *argv, "--out", str(out)]
+    line = _sigterm_then_resume(cmd, out, lambda: bool(list((out / "checkpoints").glob("step_*"))))
+    assert "(checkpointed)" in line
+    assert _sha(out / artifact) == uninterrupted(name)
+
+
+def test_sigterm_stops_synthesize_between_batches_and_resumes_to_the_same_shards(teacher: Path, uninterrupted,
+                                                                                 tmp_path: Path) -> None:
+    import json
+
+    uninterrupted("train-head")  # its run folder is the head that labels
+    head = uninterrupted.root / "train-head"
+    args = ["synthesize", *TINY, "--n", "24", "--teacher", str(teacher), "--head", str(head),
+            "synth.samples_per_shard=3", "synth.batch_size=1"]
+    whole = tmp_path / "whole"
+    assert main([*args, "--out", str(whole)]) == 0
+    out = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "dtlabel.cli", *args, "--out", str(out)]
+    _sigterm_then_resume(cmd, out, lambda: len(list((out / "shards").glob("*.tar"))) >= 2)
+    shas = [[s["sha256"] for s in json.loads((r / "manifest.json").read_text())["shards"]] for r in (whole, out)]
+    assert shas[0] == shas[1] and not list(out.rglob(".*.tmp"))

@@ -35,7 +35,7 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from dtlabel import dist
+from dtlabel import dist, interrupts
 from dtlabel.data import data_size
 from dtlabel.data.folder import list_images
 from dtlabel.device import precision, select_device, training_amp
@@ -247,24 +247,33 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     writer = ShardWriter(shard_dir, labeler.num_classes, str(sc.image_format), int(sc.jpg_quality), int(sc.queue_size),
                          on_written=bar.update)
     t0 = time.time()
-    try:
-        for j in todo:
-            first, last = ranges[j]
-            writer.open(j, first, last)
-            for start in range(first, last + 1, bs):
-                idx = list(range(start, min(last + 1, start + bs)))
-                if mode == "sample":
-                    samples = sampled_batch(teacher, labeler, idx, base_seed, steps, size, logits_size,  # type: ignore[arg-type]
-                                            float(sc.score_top))
-                    writer.add(samples)
-                else:
-                    samples, skipped = image_batch(labeler, images, idx, base_seed, size,  # type: ignore[arg-type]
-                                                    logits_size, float(sc.score_top), bool(sc.skip_corrupt))
-                    writer.add(samples, skipped)
-            writer.close(j)
-        writer.finish()
-    finally:
-        bar.close()
+    signum = 0
+    # SIGTERM / SIGINT inside: the batch in progress ends, the shards closed so far stay
+    with interrupts.deferred():
+        try:
+            for j in todo:
+                first, last = ranges[j]
+                writer.open(j, first, last)
+                for start in range(first, last + 1, bs):
+                    idx = list(range(start, min(last + 1, start + bs)))
+                    if mode == "sample":
+                        samples = sampled_batch(teacher, labeler, idx, base_seed, steps, size, logits_size,  # type: ignore[arg-type]
+                                                float(sc.score_top))
+                        writer.add(samples)
+                    else:
+                        samples, skipped = image_batch(labeler, images, idx, base_seed, size,  # type: ignore[arg-type]
+                                                        logits_size, float(sc.score_top), bool(sc.skip_corrupt))
+                        writer.add(samples, skipped)
+                    if (signum := interrupts.pending()):
+                        break
+                if signum:
+                    break  # this shard stays unfinished (a temporary file --resume removes)
+                writer.close(j)
+            writer.finish()
+        finally:
+            bar.close()
+    if signum:
+        raise interrupts.Interrupted(signum, f"with {len(writer.shards_done)} of this run's {len(todo)} shards written")
     seconds = time.time() - t0
     rate = n_todo / seconds if seconds > 0 and n_todo else 0.0
     log.info("rank %d: %d samples in %.1fs (%.2f samples/s)", rank, n_todo, seconds, rate)

@@ -16,6 +16,7 @@ depend only on the step too. Nothing random is carried from one step to the next
 from __future__ import annotations
 
 import contextlib
+import signal
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from dtlabel import dist, seeds
+from dtlabel import dist, interrupts, seeds
 from dtlabel.device import amp_dtype, autocast
 from dtlabel.engine.checkpoint import CheckpointStore
 from dtlabel.engine.schedule import warmup_cosine
@@ -196,64 +197,71 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
     done = start
     consistent = True  # weights, optimiser, counters and evaluations all describe step `done`
     net.train()
-    try:
-        batches = task.batches(start)
-        for step in range(start, total):
-            batch = next(batches)
-            consistent = False
-            torch.manual_seed(seeds.torch_step(cfg.seed, step, rank))
-            opt.zero_grad(set_to_none=True)
-            logged = _forward_backward(task, net, batch, step, device, dtype, scaler, world)
-            if float(cfg.grad_clip) > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, float(cfg.grad_clip))
-            scaler.step(opt)
-            scaler.update()
-            if cfg.schedule == "budget":  # the slowest clock of all ranks, so every replica takes the same lr
-                clock["fraction"] = dist.all_reduce_max((elapsed_before + time.time() - t_start) / max_seconds)
-            sched.step()
-            task.after_step(step)
-            done = step + 1
-            seen += task.images_per_step
-            loss = float(dist.all_reduce_mean(torch.tensor(logged["loss"], dtype=torch.float64, device=device)).item())
-            if not math.isfinite(loss):  # the mean over processes decides, so all stop with the same one line
-                raise TrainingDiverged(f"{task.name}: the loss became {loss} at step {step}; lower {prefix}lr or set "
-                                       f"{prefix}grad_clip")
-            a = float(cfg.loss_smoothing)
-            loss_ema = loss if math.isnan(loss_ema) else a * loss_ema + (1 - a) * loss
-            elapsed = time.time() - t_start
-            bar.update(1)
-            postfix = {"loss": f"{loss_ema:.4f}"}
-            if task.images_per_step:
-                postfix["img_s"] = f"{seen / max(elapsed, 1e-9):.1f}"
-            if selection.best_value is not None:
-                postfix["val"] = f"{selection.best_value:.1f}"
-            bar.set_postfix(postfix)
-            if dist.is_main() and (done % int(cfg.log_every) == 0 or done == total):
-                rec = {"step": done, **task.log_fields(step), "loss": round(loss, 6),
-                       **{k: round(v, 6) for k, v in logged.items() if k != "loss"},
-                       "loss_ema": round(loss_ema, 6), "lr": sched.get_last_lr()[0]}
+    # SIGTERM / SIGINT inside: the step in progress ends, is checkpointed, then the command stops
+    with interrupts.deferred():
+        try:
+            batches = task.batches(start)
+            for step in range(start, total):
+                batch = next(batches)
+                consistent = False
+                torch.manual_seed(seeds.torch_step(cfg.seed, step, rank))
+                opt.zero_grad(set_to_none=True)
+                logged = _forward_backward(task, net, batch, step, device, dtype, scaler, world)
+                if float(cfg.grad_clip) > 0:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, float(cfg.grad_clip))
+                scaler.step(opt)
+                scaler.update()
+                if cfg.schedule == "budget":  # the slowest clock of all ranks, so every replica takes the same lr
+                    clock["fraction"] = dist.all_reduce_max((elapsed_before + time.time() - t_start) / max_seconds)
+                sched.step()
+                task.after_step(step)
+                done = step + 1
+                seen += task.images_per_step
+                loss = float(dist.all_reduce_mean(torch.tensor(logged["loss"], dtype=torch.float64, device=device)).item())
+                if not math.isfinite(loss):  # the mean over processes decides, so all stop with the same one line
+                    raise TrainingDiverged(f"{task.name}: the loss became {loss} at step {step}; lower {prefix}lr or set "
+                                           f"{prefix}grad_clip")
+                a = float(cfg.loss_smoothing)
+                loss_ema = loss if math.isnan(loss_ema) else a * loss_ema + (1 - a) * loss
+                elapsed = time.time() - t_start
+                bar.update(1)
+                postfix = {"loss": f"{loss_ema:.4f}"}
                 if task.images_per_step:
-                    rec["images_per_s"] = round(seen / max(elapsed, 1e-9), 3)
-                rec["elapsed_s"] = round(elapsed_before + elapsed, 1)
-                _append(metrics, rec)
-            if done == total or (cfg.eval_every and done % int(cfg.eval_every) == 0):
-                _evaluate(task, done, net, model, selection, metrics)
-            consistent = True
-            if done == total or (cfg.checkpoint_every and done % int(cfg.checkpoint_every) == 0):
+                    postfix["img_s"] = f"{seen / max(elapsed, 1e-9):.1f}"
+                if selection.best_value is not None:
+                    postfix["val"] = f"{selection.best_value:.1f}"
+                bar.set_postfix(postfix)
+                if dist.is_main() and (done % int(cfg.log_every) == 0 or done == total):
+                    rec = {"step": done, **task.log_fields(step), "loss": round(loss, 6),
+                           **{k: round(v, 6) for k, v in logged.items() if k != "loss"},
+                           "loss_ema": round(loss_ema, 6), "lr": sched.get_last_lr()[0]}
+                    if task.images_per_step:
+                        rec["images_per_s"] = round(seen / max(elapsed, 1e-9), 3)
+                    rec["elapsed_s"] = round(elapsed_before + elapsed, 1)
+                    _append(metrics, rec)
+                if done == total or (cfg.eval_every and done % int(cfg.eval_every) == 0):
+                    _evaluate(task, done, net, model, selection, metrics)
+                consistent = True
+                if done == total or (cfg.checkpoint_every and done % int(cfg.checkpoint_every) == 0):
+                    save(done)
+                signum = interrupts.pending()
+                if dist.any_true(bool(signum)) and done < total:  # SIGTERM / SIGINT: one decision for all ranks
+                    save(done)
+                    raise interrupts.Interrupted(signum or signal.SIGTERM, f"at step {done} of {total} of {task.name} "
+                                                 "(checkpointed)")
+                if dist.any_true(time.time() - t_start > max_seconds) and done < total:  # one decision for all ranks
+                    log.warning("%s: time budget of %s minutes reached at step %d of %d; checkpointed, continue with "
+                                "--resume", task.name, cfg.max_minutes, done, total)
+                    save(done)
+                    stopped = True
+                    break
+        except KeyboardInterrupt:
+            if consistent and done > start:  # never a half-applied step or a skipped evaluation
                 save(done)
-            if dist.any_true(time.time() - t_start > max_seconds) and done < total:  # one decision for all ranks
-                log.warning("%s: time budget of %s minutes reached at step %d of %d; checkpointed, continue with "
-                            "--resume", task.name, cfg.max_minutes, done, total)
-                save(done)
-                stopped = True
-                break
-    except KeyboardInterrupt:
-        if consistent and done > start:  # never a half-applied step or a skipped evaluation
-            save(done)
-        raise
-    finally:
-        bar.close()
+            raise
+        finally:
+            bar.close()
     if not stopped and selection.weights is not None:
         model.load_state_dict(selection.weights)
     rule = (("best validation mIoU" if cfg.select_metric == "val_miou" else f"best {cfg.select_metric}")
