@@ -482,3 +482,23 @@ def test_unknown_family_names_the_registered_ones(pool_family: Path) -> None:
             load_teacher(pool_family)  # no registered family recognises the folder any more
     finally:
         register_teacher("toy-pool")(PoolTeacher)  # the fixture unregisters it
+
+
+@pytest.mark.parametrize("family, emptied", [("stable-diffusion", "tokenizer"), ("stable-diffusion", "text_encoder"),
+                                             ("ddpm", "unet")])
+def test_an_incomplete_model_folder_names_its_missing_files(model_dirs: dict[str, Path], tmp_path: Path, family: str,
+                                                            emptied: str, cli) -> None:  # noqa: ANN001
+    """A component folder left empty (an interrupted download) is one line naming what is missing,
+    at load time, for the library and for a command."""
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(model_dirs[family], broken)
+    shutil.rmtree(broken / emptied)
+    (broken / emptied).mkdir()
+    with pytest.raises(ModelError, match=rf"incomplete: missing {emptied}/") as exc:
+        load_teacher(broken)
+    assert one_line(exc)
+    code, _, err = cli("train-head", "--preset", "tiny", "-q", "--labels", "4", "--teacher", broken,
+                       "--out", tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1 and f"missing {emptied}/" in err

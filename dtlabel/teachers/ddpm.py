@@ -25,7 +25,7 @@ import torch
 from dtlabel.errors import ConfigError, ModelError
 from dtlabel.teachers.base import register_teacher
 from dtlabel.teachers.diffusion import DiffusionTeacher
-from dtlabel.teachers.loading import load_component, read_model_json, resolve_model_root
+from dtlabel.teachers.loading import WEIGHTS, load_component, missing_files, read_model_json, resolve_model_root
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,10 @@ class DDPMTeacher(DiffusionTeacher):
                 "folder), config.json with _class_name UNet2DModel (a bare UNet folder) and a teacher/ subfolder "
                 "(a fit-teacher run folder)"
             )
+        missing = missing_files(root, {unet_dir or "": ("config.json", WEIGHTS)})
+        if missing:
+            raise ModelError(f"the DDPM folder {root} is incomplete: missing {', '.join(missing)}; download or save "
+                             "it again")
         self.unet = load_component(UNet2DModel, root, unet_dir).float()
         if sched_file.is_file():
             self.scheduler_config = dict(read_model_json(sched_file))

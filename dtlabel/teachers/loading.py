@@ -14,7 +14,7 @@ import importlib.util
 import inspect
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,24 @@ def read_model_json(path: Path) -> dict[str, Any]:
 def has_safetensors(folder: Path) -> bool:
     """True if ``folder`` holds at least one ``*.safetensors`` weights file."""
     return folder.is_dir() and any(folder.glob("*.safetensors"))
+
+
+WEIGHTS = "*.safetensors|*.bin"  # a component's weights, in either format
+
+
+def missing_files(root: Path, needs: Mapping[str, Sequence[str]]) -> list[str]:
+    """What a model folder lacks of what its family needs: ``needs`` maps a subfolder ("" = the root)
+    to required entries, each a ``|``-separated list of alternatives (file names or globs). Returns the
+    missing ones as ``subfolder/alternatives``; checked when the folder is loaded, so an incomplete
+    download is one line naming the files rather than a traceback deep in a library."""
+    missing = []
+    for sub, entries in needs.items():
+        folder = root / sub if sub else root
+        for entry in entries:
+            if not any(any(folder.glob(alt)) if any(c in alt for c in "*?[") else (folder / alt).is_file()
+                       for alt in entry.split("|")):
+                missing.append(f"{sub + '/' if sub else ''}{entry.replace('|', ' or ')}")
+    return missing
 
 
 def load_component(cls: Any, root: Path, subfolder: str | None = None) -> Any:

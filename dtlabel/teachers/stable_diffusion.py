@@ -23,13 +23,16 @@ import torch
 from dtlabel.errors import ConfigError, ModelError
 from dtlabel.teachers.base import register_teacher
 from dtlabel.teachers.diffusion import DiffusionTeacher
-from dtlabel.teachers.loading import load_component, read_model_json, resolve_model_root
+from dtlabel.teachers.loading import WEIGHTS, load_component, missing_files, read_model_json, resolve_model_root
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["StableDiffusionTeacher"]
 
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# the files each component needs (checked at load: an empty tokenizer/ used to end in a traceback)
+_NEEDS = {"unet": ("config.json", WEIGHTS), "vae": ("config.json", WEIGHTS), "text_encoder": ("config.json", WEIGHTS),
+          "tokenizer": ("vocab.json|tokenizer.json", "merges.txt|tokenizer.json"), "scheduler": ("scheduler_config.json",)}
 
 
 @register_teacher("stable-diffusion")
@@ -67,6 +70,10 @@ class StableDiffusionTeacher(DiffusionTeacher):
                 f"no Stable Diffusion model in {root}: looked for model_index.json and the subfolders "
                 f"{', '.join(_COMPONENTS)}; found {found[:8]}"
             )
+        missing = missing_files(root, _NEEDS)
+        if missing:
+            raise ModelError(f"the Stable Diffusion folder {root} is incomplete: missing {', '.join(missing)}; "
+                             "download or save it again (save_pretrained writes every component)")
         self.unet = load_component(UNet2DConditionModel, root, "unet").float()
         self.vae = load_component(AutoencoderKL, root, "vae").float()
         self.text_encoder = load_component(CLIPTextModel, root, "text_encoder").float()
