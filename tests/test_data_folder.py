@@ -165,6 +165,17 @@ def test_class_id_out_of_range(cli, labeled_folder: Path, tmp_path: Path) -> Non
     Image.fromarray(m, mode="L").save(labeled_folder / "masks" / "0004.png")
     line = _err(cli, "data=folder", f"data.root={labeled_folder}", "--out", tmp_path / "r")
     assert "class id 7 outside [0, 3)" in line and "0004" in line
+    assert str(labeled_folder / "masks" / "0004.png") in line  # the mask's path, not the image's
+
+
+def test_a_palette_mask_index_beyond_the_classes_names_the_mask(cli, labeled_folder: Path, tmp_path: Path) -> None:
+    m = np.array(Image.open(labeled_folder / "masks" / "0003.png"))
+    m[1, 1] = 9
+    pal = Image.fromarray(m, mode="P")
+    pal.putpalette([v for k in range(256) for v in (k, 255 - k, (7 * k) % 256)])
+    pal.save(labeled_folder / "masks" / "0003.png")
+    line = _err(cli, "data=folder", f"data.root={labeled_folder}", "--out", tmp_path / "r")
+    assert "class id 9 outside [0, 3)" in line and str(labeled_folder / "masks" / "0003.png") in line
 
 
 def test_ignore_index_is_allowed(labeled_folder: Path) -> None:

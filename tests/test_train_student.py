@@ -265,3 +265,16 @@ def test_cpu_bf16_under_amp_auto_is_recorded(tmp_path: Path) -> None:
                      "--out", str(out)]) == 0
         got[amp] = json.loads((out / "run.json").read_text())["precision"]
     assert got == {"auto": "bf16" if cpu_has_bf16() else "fp32", "off": "fp32"}
+
+
+def test_every_training_image_labeled_warns_on_stderr_and_in_run_json(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from conftest import make_labeled_folder
+
+    folder = make_labeled_folder(tmp_path / "d", n=12, size=(32, 32))
+    out = tmp_path / "all"
+    assert main(["train-student", *TINY, "--labels", "10", "data=folder", f"data.root={folder}",
+                 'data.splits.test="0011-0012"', "student.epochs=1", "--out", str(out)]) == 0
+    # a warning on the console (stdout: stderr is kept for the one error line) and in run.json
+    assert "no validation image is left" in capsys.readouterr().out
+    run = json.loads((out / "run.json").read_text())
+    assert run["validation"] == {"images": 0, "from": "none (every training image is labeled)"}

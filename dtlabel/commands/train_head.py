@@ -151,5 +151,5 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int | N
         "teacher": str(cfg.inputs.teacher), "feature_spec": spec.to_dict(), "data": bundle.name, "size": list(size),
         "steps": result.steps, "epochs": result.steps // task.per_epoch, "test_miou": test["miou"],
         "val_miou": (val or {}).get("miou"), "cache": bool(hc.cache), "world_size": dist.world_size(),
-        "precision": precision(device, str(cfg.amp)),
+        "precision": precision(device, str(cfg.amp)), "validation": {"images": len(val_ids), "from": val_origin},
     }

@@ -265,5 +265,5 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
         "synth_samples": len(synth) if synth is not None else None, "backbone": backbone, "init": init, "data": bundle.name,
         "size": list(size), "steps": result.steps, "epochs": result.steps // task.epoch_steps, "world_size": world,
         "test_miou": test["miou"], "val_miou": (val or {}).get("miou"), "stage1": stage1,
-        "precision": precision(device, str(cfg.amp)),
+        "precision": precision(device, str(cfg.amp)), "validation": {"images": len(val_ids), "from": val_origin},
     }

@@ -57,6 +57,14 @@ class LabeledSource(ImageSource):
     def mask(self, id_: str) -> np.ndarray:
         """Return mask ``id_`` as ``(H, W)`` integer class ids (uint8, int32 or int64)."""
 
+    def describe_mask(self, id_: str) -> str:
+        """Where mask ``id_`` comes from (its file where it has one), for error messages about its values."""
+        path = getattr(self, "mask_path", None)
+        try:
+            return str(path(id_)) if callable(path) else f"the mask of {self.describe(id_)}"
+        except KeyError:
+            return f"the mask of {self.describe(id_)}"
+
 
 @dataclass
 class DataBundle:

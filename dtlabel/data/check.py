@@ -72,7 +72,7 @@ def check_bundle(bundle: DataBundle, progress: bool = True) -> CheckReport:
         for id_ in tqdm(src.ids, desc="labeled", disable=not progress, leave=False):
             try:
                 image, mask = src.image(id_), src.mask(id_)
-                check_pair(image, mask, c, src.ignore_index, src.describe(id_))
+                check_pair(image, mask, c, src.ignore_index, src.describe(id_), src.describe_mask(id_))
             except DataError as exc:
                 rep.problems.append(str(exc))
                 continue
@@ -136,7 +136,8 @@ def check_before_training(src: LabeledSource, parts: dict[str, Sequence[str]]) -
         for id_ in ids:
             try:
                 mask = src.mask(id_)
-                check_pair(src.image(id_), mask, src.num_classes, src.ignore_index, src.describe(id_))
+                check_pair(src.image(id_), mask, src.num_classes, src.ignore_index, src.describe(id_),
+                           src.describe_mask(id_))
             except DataError as exc:
                 raise DataError(f"{exc} (a {what} image, found before training by checking all {n} images it "
                                 "uses; 'dtlabel data check' lists every problem of the data set)") from None

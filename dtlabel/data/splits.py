@@ -136,4 +136,8 @@ def validation_ids(splits: dict[str, list[str]], exclude: Sequence[str], n: int,
         origin = "train pool minus the labels"
     if len(val) > n:
         val = random.Random(seeds.validation(seed)).sample(sorted(val), n)
-    return sorted(val), origin if val else "none"
+    if not val:
+        log.warning(
+            "no validation image is left (every training image is a labeled one): the model of the last step is "
+            "kept, not the best; use fewer --labels or give the data set a val split")
+    return sorted(val), origin if val else "none (every training image is labeled)"

@@ -49,8 +49,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((x + 1) * 127.5).round().clamp(0, 255).byte().numpy()
 
 
-def check_pair(image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int, where: str) -> None:
-    """Raise DataError if the mask does not fit its image or holds ids outside [0, num_classes)."""
+def check_pair(image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int, where: str,
+               mask_where: str | None = None) -> None:
+    """Raise DataError if the mask does not fit its image or holds ids outside [0, num_classes);
+    ``where`` names the pair (its image), ``mask_where`` the mask file for errors in its values."""
     if image.shape[:2] != mask.shape[:2]:
         raise DataError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
                         f"{image.shape[1]}x{image.shape[0]}: {where}; masks must match their images pixel for pixel")
@@ -58,7 +60,7 @@ def check_pair(image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_ind
     bad = vals[((vals < 0) | (vals >= num_classes)) & (vals != ignore_index)]
     if bad.size:
         raise DataError(f"class id {int(bad[0])} outside [0, {num_classes}) and not ignore_index {ignore_index} "
-                        f"in the mask of {where}; fix the mask or data.classes / data.ignore_index")
+                        f"in {mask_where or 'the mask of ' + where}; fix the mask or data.classes / data.ignore_index")
 
 
 class SegmentationDataset(Dataset):
@@ -74,7 +76,8 @@ class SegmentationDataset(Dataset):
         id_ = self.ids[k]
         image, mask = self.source.image(id_), self.source.mask(id_)
         if self.validate:
-            check_pair(image, mask, self.source.num_classes, self.source.ignore_index, self.source.describe(id_))
+            check_pair(image, mask, self.source.num_classes, self.source.ignore_index, self.source.describe(id_),
+                       self.source.describe_mask(id_))
         out = self.transform(image=image, mask=mask.astype(np.uint8) if mask.max() < 256 else mask)
         return to_tensor(out["image"]), torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
 
