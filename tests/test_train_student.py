@@ -122,7 +122,8 @@ def test_two_stage_is_the_mixed_student_then_init_on_the_real_labels(synth: Path
     assert _students_equal(two, tmp_path / "init")
     desc, first = (json.loads((p / "run.json").read_text()) for p in (two, one))
     assert first["stage1"] is None and desc["stage1"]["steps"] == first["steps"] == 2 * (12 // 3)
-    assert desc["stage1"]["val_miou"] == first["val_miou"] and desc["steps"] == 2 * (8 // 4)
+    assert desc["stage1"]["val_miou"] == first["val_miou"] and desc["stage_steps"] == [first["steps"], 2 * (8 // 4)]
+    assert desc["steps"] == first["steps"] + 2 * (8 // 4)  # every step of the run, both stages
     assert json.loads((two / "metrics.json").read_text())["synth"] == "synth+real, then real"
     for name in ("metrics.jsonl", "loss.png", "miou.png"):
         assert (two / "stage1" / name).is_file() and (two / name).is_file(), name
@@ -170,7 +171,7 @@ def test_synth_hard_mixed_with_real(synth: Path, tmp_path: Path) -> None:
     assert step["loss"] == pytest.approx(0.5 * step["real"] + 0.5 * step["synth"], abs=1e-4)
     desc = json.loads((out / "run.json").read_text())
     # stage 1: 12 samples minus 25% dropped, 2 synth images per step; stage 2: 8 labels, batch 4
-    assert desc["stage1"]["steps"] == 2 * (9 // 2) and desc["steps"] == 2 * (8 // 4)
+    assert desc["stage1"]["steps"] == 2 * (9 // 2) and desc["stage_steps"] == [2 * (9 // 2), 2 * (8 // 4)]
     assert desc["synth_samples"] == 9
 
 
@@ -184,7 +185,7 @@ def test_ddp_two_processes_gloo(synth: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     desc = json.loads((out / "run.json").read_text())
     assert desc["world_size"] == 2 and desc["stage1"]["steps"] == 2 * (12 // (3 * 2))
-    assert desc["steps"] == 2 * (8 // (4 * 2))  # stage 2: the 8 labels, 4 per process
+    assert desc["stage_steps"][1] == 2 * (8 // (4 * 2))  # stage 2: the 8 labels, 4 per process
     assert (out / "student" / "student.safetensors").is_file() and (out / "metrics.json").is_file()
 
 

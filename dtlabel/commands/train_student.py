@@ -263,7 +263,10 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
         "labels": n_labels, "label_ids": label_ids, "synth": str(cfg.inputs.synth) if synth is not None else None,
         "synth_loss": str(sc.synth_loss) if synth is not None else None,
         "synth_samples": len(synth) if synth is not None else None, "backbone": backbone, "init": init, "data": bundle.name,
-        "size": list(size), "steps": result.steps, "epochs": result.steps // task.epoch_steps, "world_size": world,
+        # steps: every optimisation step of the run (both stages of a two-stage student); stage_steps: each stage's
+        "size": list(size), "steps": result.steps + (stage1["steps"] if stage1 else 0),
+        "stage_steps": [stage1["steps"], result.steps] if stage1 else [result.steps],
+        "epochs": result.steps // task.epoch_steps, "world_size": world,
         "test_miou": test["miou"], "val_miou": (val or {}).get("miou"), "stage1": stage1,
         "precision": precision(device, str(cfg.amp)), "validation": {"images": len(val_ids), "from": val_origin},
     }

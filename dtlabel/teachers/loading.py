@@ -60,8 +60,10 @@ def resolve_model_root(path: str | Path) -> Path:
 
 
 def warn_if_stopped_early(path: str | Path) -> None:
-    """Say so when ``path`` is a fit-teacher run that its time budget stopped before its planned
-    steps (``stopped_early`` in run.json): every later figure rests on a less trained teacher."""
+    """Note in the run's log when ``path`` is a fit-teacher run that its time budget stopped before its
+    planned steps (``stopped_early`` in its run.json): every later figure rests on a less trained
+    teacher. fit-teacher itself warns once, when it stops; the commands that load the teacher later
+    only log it (the budget was the user's own choice, and the teacher's run.json keeps it)."""
     desc = Path(path).expanduser() / "run.json"
     if not desc.is_file():
         return
@@ -71,10 +73,10 @@ def warn_if_stopped_early(path: str | Path) -> None:
         return
     if info.get("command") == "fit-teacher" and info.get("stopped_early") and os.environ.get("RANK", "0") == "0":
         if info.get("schedule") == "budget":  # its cosine ended with the budget: annealed, not cut short
-            logger.warning("teacher %s was trained to its time budget (fit.schedule=budget): step %s of %s planned, "
+            logger.info("teacher %s was trained to its time budget (fit.schedule=budget): step %s of %s planned, "
                            "the lr annealed by the end", path, info.get("steps"), info.get("steps_planned", "?"))
             return
-        logger.warning("teacher %s stopped early (time budget) at step %s of %s; continue it with fit-teacher --resume "
+        logger.info("teacher %s stopped early (time budget) at step %s of %s; continue it with fit-teacher --resume "
                     "for the teacher it was planned to be", path, info.get("steps"), info.get("steps_planned", "?"))
 
 
@@ -117,7 +119,8 @@ def load_component(cls: Any, root: Path, subfolder: str | None = None) -> Any:
     kwargs: dict[str, Any] = {"local_files_only": True}
     if subfolder:
         kwargs["subfolder"] = subfolder
-    if "Tokenizer" not in getattr(cls, "__name__", ""):  # tokenizers have no weights
+    name = getattr(cls, "__name__", "")
+    if "Tokenizer" not in name and "Scheduler" not in name:  # tokenizers and schedulers have no weights
         if has_safetensors(folder):
             kwargs["use_safetensors"] = True
             weights = [p.name for p in folder.glob("*.safetensors")]
