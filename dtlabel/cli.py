@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class Command:
     target: str          # "module:function" under dtlabel.commands
     help: str
     options: tuple[Option, ...] = ()
+    keeps_folder: bool = True   # False: without --out the run folder is temporary (a check writes no runs/)
 
     @property
     def config_name(self) -> str:
@@ -57,7 +59,8 @@ _TEACHER = Option(("--teacher",), "inputs.teacher",
                   {"metavar": "DIR", "help": "fit-teacher run folder or local diffusers model folder"})
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
-    Command("data check", "data:check", "validate a data set and print a summary"),
+    Command("data check", "data:check", "validate a data set and print a summary (with --out: its summary.json)",
+            keeps_folder=False),
     Command("data preview", "data:preview", "write a PNG grid of image / mask overlays",
             (Option(("--split",), "split", {"help": "train, val, test or unlabeled"}),
              Option(("--n",), "n", {"type": int, "help": "number of samples"}))),
@@ -332,13 +335,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     handlers: list[logging.Handler] = []
     run = None
+    scratch = None
     try:
         cmd, ns, overrides = parse(argv)
         cfg = compose(cmd.config_name, option_overrides(cmd, ns) + overrides)
         check_seeds(cfg)
+        if not cmd.keeps_folder and not ns.out:  # nothing to keep: a temporary run folder, removed at the end
+            scratch = tempfile.TemporaryDirectory(prefix="dtlabel-")
+            ns.out = str(Path(scratch.name) / cmd.run_name)
         run = Run.open(cmd.run_name, cfg, ns.out, resume=ns.resume)
         handlers = _setup_logging(run.log_file, ns.quiet or run.rank > 0)
-        log.info("dtlabel %s -> %s", " ".join(argv), run.path)
+        say = log.debug if scratch is not None else log.info  # a temporary folder is not worth a line
+        say("dtlabel %s -> %s", " ".join(argv), run.path)
         module, func = cmd.target.split(":")
         fn = getattr(importlib.import_module(f"dtlabel.commands.{module}"), func)
         t0 = time.time()
@@ -348,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the exact command, for reports (what a person would retype; --resume says it was continued)
         descriptor.setdefault("command_line", shlex.join(["dtlabel", *argv]))
         run.finish(**descriptor)
-        log.info("done in %.1fs: %s", time.time() - t0, run.path)
+        say("done in %.1fs: %s", time.time() - t0, run.path)
         return 0
     except DTLabelError as exc:
         return _fail(str(exc), exc.exit_code, handlers)
@@ -374,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if run is not None:
             run.release()
+        if scratch is not None:
+            scratch.cleanup()
         root = logging.getLogger()
         for h in handlers:
             root.removeHandler(h)

@@ -129,3 +129,11 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
     proc.stdout.close()  # the reader leaves
     err = proc.stderr.read().decode() if proc.stderr else ""
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "Logging error" not in err, err
+
+
+def test_data_check_without_out_leaves_no_run_folder_and_says_its_counts_once(cli, tmp_path: Path,  # noqa: ANN001
+                                                                              monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli("data", "check", "--preset", "tiny", "data.n_unlabeled=3")
+    assert code == 0 and not (tmp_path / "runs").exists() and list(tmp_path.iterdir()) == []
+    assert out.count("labeled,") == 1  # one summary line of the counts, not the loader's too

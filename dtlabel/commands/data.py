@@ -33,7 +33,7 @@ def check(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]
 
     if is_synth_run(cfg.data.get("root")):  # data.root=<synthesize run folder>
         return _check_synth(run, cfg, args)
-    bundle = build_data(cfg.data)
+    bundle = build_data(cfg.data, announce=False)  # the report's first line says the same
     rep = check_bundle(bundle, progress=_bars(args))
     print(rep.table())
     for p in rep.problems[: int(cfg.max_problems)]:

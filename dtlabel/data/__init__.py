@@ -120,15 +120,16 @@ DATA_KINDS: dict[str, Callable[[DictConfig], DataBundle]] = {
 }
 
 
-def build_data(cfg: DictConfig) -> DataBundle:
-    """Build the data set described by the ``data`` config group."""
+def build_data(cfg: DictConfig, announce: bool = True) -> DataBundle:
+    """Build the data set described by the ``data`` config group (``announce``: log its counts; ``data
+    check`` prints its own table instead)."""
     kind = str(cfg.get("kind", "folder"))
     if kind not in DATA_KINDS:
         raise ConfigError(f"unknown data.kind '{kind}'{did_you_mean(kind, DATA_KINDS)}; available: {', '.join(DATA_KINDS)}")
     bundle = DATA_KINDS[kind](cfg)
     pool = bundle.unlabeled.ids if bundle.unlabeled else []
     from_labeled = sum(1 for i in pool if i.startswith("labeled/"))
-    log.info("data %s: %d labeled, %d unlabeled images (unlabeled pool %d, with labeled images' RGB); splits %s",
+    (log.info if announce else log.debug)("data %s: %d labeled, %d unlabeled images (unlabeled pool %d, with labeled images' RGB); splits %s",
              bundle.name, len(bundle.labeled) if bundle.labeled else 0, len(pool) - from_labeled, len(pool),
              {k: len(v) for k, v in bundle.splits.items()})
     return bundle
