@@ -13,6 +13,9 @@ can be rebuilt from the runs at any time::
     python benchmarks/results_table.py --draws "scratch student=runs/ccp/scratch-50,runs/ccp/scratch-50-s1" \
         "student=runs/ccp/student-pr-50,runs/ccp/student-pr-50-s1" --baseline "scratch student"
 
+``--recipes LABEL=MODEL_RUN+RUN+...`` gives each recipe's validation and test mIoU and the CPU minutes of
+all its runs (the model's and those it was made from) summed.
+
 ``--draws`` reads comma-separated run folders per row (one per label draw) and gives the test mIoU
 of each draw, the mean and the sample standard deviation, and with ``--baseline`` each row's gain
 over the baseline row, draw by draw (paired: the same labels) and on the mean.
@@ -103,6 +106,26 @@ def draws_table(rows: list[tuple[str, list[Path]]], baseline: str | None = None)
     return "\n".join(lines)
 
 
+def recipes_table(rows: list[tuple[str, list[Path]]], baseline: str | None = None) -> str:
+    """One row per recipe: ``paths[0]`` is the model scored (validation and test mIoU from its
+    metrics.json), and the CPU minutes are the wall time of every run of its chain summed (``paths``:
+    the model's run and the runs it was made from: head, synthesize, labellers, ...)."""
+    rows_out = []
+    for label, paths in rows:
+        m = _read(paths[0], "metrics.json")
+        seconds = sum(float(json.loads((p / "run.json").read_text()).get("seconds") or 0) for p in paths)
+        rows_out.append((label, (m.get("val") or {}).get("miou"), m["miou"], seconds / 60))
+    base = next((r for r in rows_out if r[0] == baseline), None)
+    if baseline is not None and base is None:
+        raise SystemExit(f"--baseline {baseline!r}: not one of the recipes")
+    head = "| recipe | validation mIoU | test mIoU |" + (" test gain over baseline |" if base else "") + " CPU minutes |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for label, val, test, minutes in rows_out:
+        gain = (" - |" if label == baseline else f" {test - base[2]:+.1f} |") if base else ""
+        lines.append(f"| {label} | {val if val is not None else '-'} | {test:.1f} |{gain} {minutes:.0f} |")
+    return "\n".join(lines)
+
+
 def synth_table(rows: list[tuple[str, Path]], real: list[str] | None) -> str:
     manifests = [(label, _read(path, "manifest.json")) for label, path in rows]
     names = list(manifests[0][1]["class_names"])
@@ -131,8 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", help="also write a per-class IoU bar chart of the metrics table")
     p.add_argument("--title", default="test IoU per class")
     p.add_argument("--draws", nargs="+", metavar="LABEL=RUN0,RUN1,...", help="rows over label draws (mean, std)")
-    p.add_argument("--baseline", help="--draws: the row the others are compared with, draw by draw")
+    p.add_argument("--baseline", help="--draws / --recipes: the row the others are compared with")
+    p.add_argument("--recipes", nargs="+", metavar="LABEL=MODEL_RUN[+RUN...]",
+                   help="recipes: validation and test mIoU of the model run, CPU minutes of all the runs summed")
     args = p.parse_args(argv)
+    if args.recipes:
+        print(recipes_table([(label, [Path(x) for x in str(path).split("+")]) for label, path in _pairs(args.recipes)],
+                            args.baseline))
     if args.runs:
         table, loaded, names = metrics_table(_pairs(args.runs))
         print(table)
@@ -150,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.runs or args.synth:
             print()
         print(draws_table(rows, args.baseline))
-    if not args.runs and not args.synth and not args.draws:
-        p.error("give run folders, --synth run folders and/or --draws rows")
+    if not args.runs and not args.synth and not args.draws and not args.recipes:
+        p.error("give run folders, --synth run folders, --draws rows and/or --recipes")
     return 0
 
 
