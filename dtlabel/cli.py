@@ -295,19 +295,20 @@ SEED_MAX = 2**32 - 1  # numpy's generators take seeds in [0, 2**32); torch's and
 def check_seeds(cfg: Any) -> None:
     """Every seed of the config (``seed``, ``*.label_seed``, ``synth.base_seed``) is a whole number in
     [0, 2**32 - 1]; one ``ConfigError`` naming the key otherwise, before anything is written."""
-    from omegaconf import DictConfig
+    from omegaconf import OmegaConf
 
     def walk(node: Any, prefix: str) -> None:
-        for key in node:
-            value, name = node[key], f"{prefix}{key}"
-            if isinstance(value, DictConfig):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
                 walk(value, f"{name}.")
-            elif (key in ("seed", "label_seed", "base_seed")) and value is not None:
+            elif key in ("seed", "label_seed", "base_seed") and value is not None:
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
                     flag = "--seed" if name == "seed" else name
                     raise ConfigError(f"{flag}={value}: a seed is a whole number from 0 to {SEED_MAX}")
 
-    walk(cfg, "")
+    # unresolved: a mandatory value not given yet (data.root=???) is the command's to report
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
 
 
 def _fail(message: str, code: int, handlers: list[logging.Handler], prefix: str = "error: ") -> int:
