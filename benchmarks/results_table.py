@@ -106,6 +106,19 @@ def draws_table(rows: list[tuple[str, list[Path]]], baseline: str | None = None)
     return "\n".join(lines)
 
 
+def _run_seconds(path: Path) -> float:
+    """A run's wall time across sessions: run.json's seconds (this session only, if it was resumed) or
+    the training time its metrics.jsonl lines carry over resumes (both stages of a two-stage student),
+    whichever is larger."""
+    own = float(json.loads((path / "run.json").read_text()).get("seconds") or 0)
+    trained = 0.0
+    for metrics in (path / "metrics.jsonl", path / "stage1" / "metrics.jsonl"):
+        if metrics.is_file():
+            times = [json.loads(x).get("elapsed_s") or 0 for x in metrics.read_text().splitlines() if x.strip()]
+            trained += max(times, default=0)
+    return max(own, trained)
+
+
 def recipes_table(rows: list[tuple[str, list[Path]]], baseline: str | None = None) -> str:
     """One row per recipe: ``paths[0]`` is the model scored (validation and test mIoU from its
     metrics.json), and the CPU minutes are the wall time of every run of its chain summed (``paths``:
@@ -113,7 +126,7 @@ def recipes_table(rows: list[tuple[str, list[Path]]], baseline: str | None = Non
     rows_out = []
     for label, paths in rows:
         m = _read(paths[0], "metrics.json")
-        seconds = sum(float(json.loads((p / "run.json").read_text()).get("seconds") or 0) for p in paths)
+        seconds = sum(_run_seconds(p) for p in paths)
         rows_out.append((label, (m.get("val") or {}).get("miou"), m["miou"], seconds / 60))
     base = next((r for r in rows_out if r[0] == baseline), None)
     if baseline is not None and base is None:
