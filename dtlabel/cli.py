@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import json
 import logging
 import os
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -289,6 +291,35 @@ def _stdout_gone() -> bool:
         return False
 
 
+# commands whose run.json means their training ended (a time budget leaves no run.json): once finished,
+# their checkpoints are dropped and --resume has nothing to do. fit-teacher and pretrain keep theirs:
+# their budget-stopped runs are finished and exported, and --resume continues (or extends) them.
+_FINISHED_IS_FINAL = ("train-head", "train-student")
+
+
+def _finished_as(path: Path) -> str | None:
+    """The command of a finished run folder (its run.json), else None."""
+    try:
+        return json.loads((path / "run.json").read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _folder_bytes(path: Path, skip: str | None = None) -> int:
+    """Bytes of the files under ``path`` (without its subfolder ``skip``); symbolic links are not
+    followed and a hard-linked file counts once (a student's weights are stored once, linked twice)."""
+    total, seen = 0, set()
+    for p in path.rglob("*"):
+        if skip and p.relative_to(path).parts[0] == skip:
+            continue
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
 SEED_MAX = 2**32 - 1  # numpy's generators take seeds in [0, 2**32); torch's and dtlabel's derivations more
 
 
@@ -344,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not cmd.keeps_folder and not ns.out:  # nothing to keep: a temporary run folder, removed at the end
             scratch = tempfile.TemporaryDirectory(prefix="dtlabel-")
             ns.out = str(Path(scratch.name) / cmd.run_name)
+        if ns.resume and ns.out and cmd.name in _FINISHED_IS_FINAL and _finished_as(Path(ns.out)) == cmd.name:
+            print(f"{ns.out} is a finished {cmd.name} run: nothing to resume")  # its checkpoints are gone
+            return 0
         run = Run.open(cmd.run_name, cfg, ns.out, resume=ns.resume)
         handlers = _setup_logging(run.log_file, ns.quiet or run.rank > 0)
         say = log.debug if scratch is not None else log.info  # a temporary folder is not worth a line
@@ -356,8 +390,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         descriptor.setdefault("seconds", round(time.time() - t0, 2))
         # the exact command, for reports (what a person would retype; --resume says it was continued)
         descriptor.setdefault("command_line", shlex.join(["dtlabel", *argv]))
+        final = cmd.name in _FINISHED_IS_FINAL and run.rank == 0
+        if run.rank == 0:  # what the finished folder keeps on disk (without the checkpoints it drops next)
+            descriptor.setdefault("disk_mb", round(_folder_bytes(run.path, "checkpoints" if final else None) / 1e6, 1))
         run.finish(**descriptor)
-        say("done in %.1fs: %s", time.time() - t0, run.path)
+        if final:  # run.json is written: a finished head or student needs no checkpoint to resume
+            shutil.rmtree(run.path / "checkpoints", ignore_errors=True)
+        say("done in %.1fs: %s (%s MB)", time.time() - t0, run.path, descriptor.get("disk_mb", "?"))
         return 0
     except DTLabelError as exc:
         return _fail(str(exc), exc.exit_code, handlers)

@@ -124,3 +124,22 @@ def test_two_commands_on_one_folder_the_second_is_refused_and_a_killed_one_does_
     short = [*cmd[:-3], "student.epochs=400", "student.max_minutes=0", "--out", str(out), "--resume"]
     done = subprocess.run(short, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_finished_student_keeps_no_checkpoint_and_says_its_size(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """A finished train-student run drops its checkpoint (its run.json means training ended), says how
+    much disk it keeps, and --resume of it has nothing to do (the folder is left as it was)."""
+    import json
+
+    out = tmp_path / "st"
+    args = ["train-student", "--preset", "tiny", "-q", "--labels", "8", "student.epochs=1"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert not (out / "checkpoints").exists()
+    run = json.loads((out / "run.json").read_text())
+    weights = (out / "student" / "student.safetensors").stat().st_size
+    assert weights / 1e6 <= run["disk_mb"] < 3 * weights / 1e6 + 1  # the hard-linked weights count once
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    capsys.readouterr()
+    assert main([*args, "--resume", "--out", str(out)]) == 0
+    assert "finished train-student run: nothing to resume" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
