@@ -502,3 +502,18 @@ def test_an_incomplete_model_folder_names_its_missing_files(model_dirs: dict[str
     code, _, err = cli("train-head", "--preset", "tiny", "-q", "--labels", "4", "--teacher", broken,
                        "--out", tmp_path / "run")
     assert code == 2 and err.count("\n") == 1 and f"missing {emptied}/" in err
+
+
+def test_loading_a_scheduler_does_not_warn_about_weights(model_dirs: dict[str, Path],
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A scheduler folder holds only scheduler_config.json: no "no safetensors weights" warning."""
+    import logging
+
+    from diffusers import DDIMScheduler
+
+    from dtlabel.teachers.loading import load_component
+
+    with caplog.at_level(logging.WARNING):
+        sched = load_component(DDIMScheduler, model_dirs["ddpm"], "scheduler")
+    assert sched.config.num_train_timesteps > 0
+    assert not [r for r in caplog.records if "safetensors" in r.getMessage()]
