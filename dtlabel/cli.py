@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import json
 import logging
 import os
 import re
@@ -297,51 +296,6 @@ def _stdout_gone() -> bool:
 _FINISHED_IS_FINAL = ("train-head", "train-student")
 
 
-def _finished_as(path: Path) -> str | None:
-    """The command of a finished run folder (its run.json), else None."""
-    try:
-        return json.loads((path / "run.json").read_text()).get("command")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _folder_bytes(path: Path, skip: str | None = None) -> int:
-    """Bytes of the files under ``path`` (without its subfolder ``skip``); symbolic links are not
-    followed and a hard-linked file counts once (a student's weights are stored once, linked twice)."""
-    total, seen = 0, set()
-    for p in path.rglob("*"):
-        if skip and p.relative_to(path).parts[0] == skip:
-            continue
-        if p.is_file() and not p.is_symlink():
-            st = p.stat()
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
-
-
-SEED_MAX = 2**32 - 1  # numpy's generators take seeds in [0, 2**32); torch's and dtlabel's derivations more
-
-
-def check_seeds(cfg: Any) -> None:
-    """Every seed of the config (``seed``, ``*.label_seed``, ``synth.base_seed``) is a whole number in
-    [0, 2**32 - 1]; one ``ConfigError`` naming the key otherwise, before anything is written."""
-    from omegaconf import OmegaConf
-
-    def walk(node: Any, prefix: str) -> None:
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(value, f"{name}.")
-            elif key in ("seed", "label_seed", "base_seed") and value is not None:
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
-                    flag = "--seed" if name == "seed" else name
-                    raise ConfigError(f"{flag}={value}: a seed is a whole number from 0 to {SEED_MAX}")
-
-    # unresolved: a mandatory value not given yet (data.root=???) is the command's to report
-    walk(OmegaConf.to_container(cfg, resolve=False), "")
-
-
 def _fail(message: str, code: int, handlers: list[logging.Handler], prefix: str = "error: ") -> int:
     """Print the one error line on stderr, after closing any progress bar (so the line stands alone),
     and keep it in the run's log file too."""
@@ -361,8 +315,8 @@ def _fail(message: str, code: int, handlers: list[logging.Handler], prefix: str 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code (0 ok, 2 user error, 130 / 143 stopped by SIGINT /
     SIGTERM: checkpointed where the command can be, continued with --resume)."""
-    from dtlabel.config import compose
-    from dtlabel.runs import Run, TimeBudgetReached
+    from dtlabel.config import check_seeds, compose
+    from dtlabel.runs import Run, TimeBudgetReached, finished_command, folder_bytes
 
     argv = sys.argv[1:] if argv is None else argv
     handlers: list[logging.Handler] = []
@@ -375,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not cmd.keeps_folder and not ns.out:  # nothing to keep: a temporary run folder, removed at the end
             scratch = tempfile.TemporaryDirectory(prefix="dtlabel-")
             ns.out = str(Path(scratch.name) / cmd.run_name)
-        if ns.resume and ns.out and cmd.name in _FINISHED_IS_FINAL and _finished_as(Path(ns.out)) == cmd.name:
+        if ns.resume and ns.out and cmd.name in _FINISHED_IS_FINAL and finished_command(Path(ns.out)) == cmd.name:
             print(f"{ns.out} is a finished {cmd.name} run: nothing to resume")  # its checkpoints are gone
             return 0
         run = Run.open(cmd.run_name, cfg, ns.out, resume=ns.resume)
@@ -392,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         descriptor.setdefault("command_line", shlex.join(["dtlabel", *argv]))
         final = cmd.name in _FINISHED_IS_FINAL and run.rank == 0
         if run.rank == 0:  # what the finished folder keeps on disk (without the checkpoints it drops next)
-            descriptor.setdefault("disk_mb", round(_folder_bytes(run.path, "checkpoints" if final else None) / 1e6, 1))
+            descriptor.setdefault("disk_mb", round(folder_bytes(run.path, "checkpoints" if final else None) / 1e6, 1))
         run.finish(**descriptor)
         if final:  # run.json is written: a finished head or student needs no checkpoint to resume
             shutil.rmtree(run.path / "checkpoints", ignore_errors=True)

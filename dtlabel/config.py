@@ -220,3 +220,23 @@ def as_tuple(value: object) -> tuple:
     if isinstance(value, (ListConfig, list, tuple)):
         return tuple(value)
     return (value,)
+
+
+SEED_MAX = 2**32 - 1  # numpy's generators take seeds in [0, 2**32); torch's and dtlabel's derivations more
+
+
+def check_seeds(cfg: DictConfig) -> None:
+    """Every seed of the config (``seed``, ``*.label_seed``, ``synth.base_seed``) is a whole number in
+    [0, 2**32 - 1]; one ``ConfigError`` naming the key otherwise, before anything is written."""
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, f"{name}.")
+            elif key in ("seed", "label_seed", "base_seed") and value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+                    flag = "--seed" if name == "seed" else name
+                    raise ConfigError(f"{flag}={value}: a seed is a whole number from 0 to {SEED_MAX}")
+
+    # unresolved: a mandatory value not given yet (data.root=???) is the command's to report
+    walk(OmegaConf.to_container(cfg, resolve=False), "")

@@ -7,6 +7,7 @@ later commands refuse it, and the same command continues it with ``--resume``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -147,6 +148,29 @@ def _lock(path: Path) -> Any:
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
+
+
+def finished_command(path: Path) -> str | None:
+    """The command of a finished run folder (its run.json), else None."""
+    try:
+        return json.loads((path / "run.json").read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def folder_bytes(path: Path, skip: str | None = None) -> int:
+    """Bytes of the files under ``path`` (without its subfolder ``skip``); symbolic links are not
+    followed and a hard-linked file counts once (a student's weights are stored once, linked twice)."""
+    total, seen = 0, set()
+    for p in path.rglob("*"):
+        if skip and p.relative_to(path).parts[0] == skip:
+            continue
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
 
 
 def read_run(path: str | Path, command: str | tuple[str, ...], option: str) -> dict[str, Any]:
