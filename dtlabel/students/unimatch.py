@@ -20,6 +20,7 @@ call per step. Every random draw comes from the step's seed, so a resumed run is
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ from dtlabel.students.task import StudentTask
 from dtlabel.synth.augment import augment_synth
 
 PICTURE = "unimatch_views.png"
+log = logging.getLogger(__name__)
 _GRAY = torch.tensor([0.299, 0.587, 0.114])
 
 
@@ -269,8 +271,5 @@ def unimatch_pool(bundle: Any, held: Sequence[str]) -> tuple[Any, list[str]]:
 
     source, ids, _ = pseudo_label_pool(bundle, held)
     if dist.is_main():
-        import logging
-
-        logging.getLogger(__name__).info("unimatch: %d label-free images of %s in the unlabeled stream", len(ids),
-                                         bundle.name)
+        log.info("unimatch: %d label-free images of %s in the unlabeled stream", len(ids), bundle.name)
     return source, ids

@@ -20,7 +20,6 @@ labeled and validation ids (never pseudo-labeled).
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,6 @@ import torch.nn.functional as F
 from dtlabel.errors import ConfigError, ModelError
 from dtlabel.io import sha256_bytes, sha256_file
 
-log = logging.getLogger(__name__)
 
 
 class Labeler(ABC):
@@ -58,9 +56,6 @@ class Labeler(ABC):
                 features: dict[str, torch.Tensor] | None = None,
                 teacher: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(probs (B, C, *size), uncertainty (B, *size))`` for ``images (B, 3, H, W)`` in [-1, 1]."""
-
-    def members(self) -> list["Labeler"]:
-        return [self]
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.path, "hash": self.hash()}
@@ -156,9 +151,6 @@ class EnsembleLabeler(Labeler):
         super().__init__("+".join(m.path for m in members), first.num_classes, meta)
         self._members = list(members)
         self.needs_teacher = any(m.needs_teacher for m in members)
-
-    def members(self) -> list[Labeler]:
-        return list(self._members)
 
     def hash(self) -> str:
         return sha256_bytes("+".join(m.hash() for m in self._members).encode())[:16]
