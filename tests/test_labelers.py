@@ -142,6 +142,7 @@ def test_labeler_errors_are_one_line(chain: dict, tmp_path: Path, capsys: pytest
     assert "predicts classes" in e or "was trained on data set" in e
     assert "not --head and --labeler" in err(*_synth(chain, tmp_path / "x", "--head", str(chain["head"]),
                                                          "--labeler", str(chain["student"]))[:-2])
+    assert "needs at least one run folder" in err("synthesize", *TINY, "--ensemble", "synth.batch_size=2")
     assert "at least two runs" in err(*_synth(chain, tmp_path / "x", "--ensemble", str(chain["student"]))[:-2])
     assert "needs --teacher DIR for a head" in err(*_synth(chain, tmp_path / "x", "--labeler", str(chain["head"]))[:-2])
     assert "--n needs --teacher" in err("synthesize", *TINY, "--n", "4", "--labeler", str(chain["student"]))
