@@ -310,7 +310,7 @@ def teacher_plans(data: list[str], device: str, tiny: bool, work: Path, minutes:
 
     ``ccp``: the cpu preset's 8.19M UNet at 192x128 on CCP (fp16 export under 16 MiB). ``default``:
     the demo's teacher (``models/default``: the 4.33M UNet at 64x64 on the default data's label-free
-    pool, configs/demo/cpu.yaml), trained here two orders of magnitude longer than a CPU hour gives.
+    pool, dtlabel/configs/demo/cpu.yaml), trained here two orders of magnitude longer than a CPU hour gives.
     Both anneal by time (``fit.schedule=budget``) so that the last steps are taken at a low rate.
     """
     common = ["fit.steps=1000000", "fit.schedule=budget", f"fit.max_minutes={minutes:.2f}", "fit.warmup_steps=200",

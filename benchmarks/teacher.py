@@ -8,7 +8,7 @@
 
     python benchmarks/teacher.py --size 96 64 --batch 8 --repeats 7 --threads 1
 
-Prints markdown rows for docs/RESULTS.md. The UNet is the cpu preset's (configs/fit/cpu.yaml) with
+Prints markdown rows for docs/RESULTS.md. The UNet is the cpu preset's (dtlabel/configs/fit/cpu.yaml) with
 random weights: timing does not depend on the weights.
 """
 
@@ -50,7 +50,7 @@ def bench_features(size: tuple[int, int], batch: int, repeats: int, preset: str)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp)
-        tcfg = OmegaConf.load(Path(__file__).resolve().parent.parent / "configs" / "teacher" / "tiny.yaml")
+        tcfg = OmegaConf.load(Path(__file__).resolve().parent.parent / "dtlabel" / "configs" / "teacher" / "tiny.yaml")
         all_blocks = teacher_from_config(tmp, tcfg)
         n_up = len(all_blocks.unet.up_blocks)
         two = teacher_from_config(tmp, {**OmegaConf.to_container(tcfg), "blocks": [f"up_blocks.{i}" for i in range(1, 3)]})

@@ -26,9 +26,6 @@ from typing import Any
 from dtlabel import __version__, interrupts
 from dtlabel.errors import ConfigError, DTLabelError, did_you_mean
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local folders only
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
 log = logging.getLogger("dtlabel")
 
 
@@ -318,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dtlabel.config import check_seeds, compose
     from dtlabel.runs import Run, TimeBudgetReached, finished_command, folder_bytes
 
+    # what a dtlabel run needs of its process, set when it runs (importing dtlabel changes nothing):
+    # models load from local folders only, and albumentations does not look for updates
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     argv = sys.argv[1:] if argv is None else argv
     handlers: list[logging.Handler] = []
     run = None

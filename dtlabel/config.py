@@ -1,4 +1,4 @@
-"""Configuration: Hydra's compose API over the YAML files in ``configs/``.
+"""Configuration: Hydra's compose API over the YAML files shipped in the package (``dtlabel/configs/``).
 
 Each command has a primary config ``configs/<command>.yaml``. Its defaults list selects a data set
 (``data=<name>``), a preset (``preset=tiny|cpu|gpu``) and the command's own preset section, so that
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
+from importlib import resources
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -21,11 +22,18 @@ _ENV_DIR = "DTLABEL_CONFIG_DIR"
 
 
 def config_dir() -> Path:
-    """The folder holding the YAML configs (``$DTLABEL_CONFIG_DIR`` or the project's ``configs/``)."""
+    """The folder holding the YAML configs: ``$DTLABEL_CONFIG_DIR``, else the package's ``configs/``.
+
+    The configs are package data (found through :mod:`importlib.resources`), so a wheel installed
+    anywhere carries them; Hydra reads them from a plain folder, so the package must be installed
+    unzipped (what pip does).
+    """
     env = os.environ.get(_ENV_DIR)
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    path = Path(env) if env else Path(str(resources.files("dtlabel") / "configs"))
     if not path.is_dir():
-        raise ConfigError(f"config folder not found: {path}; set {_ENV_DIR} to the project's configs/ folder")
+        hint = (f"set {_ENV_DIR} to a configs folder" if env else
+                "reinstall dtlabel (pip install dtlabel, unzipped) or set " + _ENV_DIR)
+        raise ConfigError(f"config folder not found: {path}; {hint}")
     return path
 
 
@@ -99,12 +107,12 @@ NULLABLE_TYPES: dict[str, str] = {
     "keep_every": "integer", "steps": "integer", "teacher_batch": "integer", "micro_batch": "integer",
     "label_seed": "integer", "hidden": "integer", "epoch_steps": "integer", "base_seed": "integer",
     "sample_steps": "integer", "labels": "integer", "n": "integer", "size": "size", "snr_gamma": "number",
-    "unlabeled_batch_size": "integer",
+    "unlabeled_batch_size": "integer", "pool_images": "integer",
 }
 # keys whose null means "off / automatic" in every preset, even where a preset sets a value
 # (head.teacher_batch=null: the whole batch in one teacher pass)
 NULL_MEANS_AUTO = {"teacher_batch", "micro_batch", "max_minutes", "keep_every", "epoch_steps", "label_seed", "lr",
-                   "weight_decay", "hidden", "size", "snr_gamma",
+                   "weight_decay", "hidden", "size", "snr_gamma", "pool_images",
                    "pretrain.steps"}  # a full key: null -> epochs x passes, where the cpu preset sets steps
                                       # (fit.steps has no null)
 

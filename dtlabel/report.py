@@ -1,16 +1,18 @@
-"""Pictures a person would rather look at than read: overlays, grids, per-class bars, curves."""
+"""Pictures a person would rather look at than read: overlays, grids, per-class bars, curves.
+
+Figures are matplotlib ``Figure`` objects drawn straight to PNG (no pyplot), so importing dtlabel
+neither picks a GUI backend nor keeps figures alive in a global registry.
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-os.environ.setdefault("MPLBACKEND", "Agg")
-
-from dtlabel.io import atomic_path  # noqa: E402
+from dtlabel.io import atomic_path
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -45,25 +47,29 @@ def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float 
     return (img * (1 - a) + col * a).clip(0, 255).astype(np.uint8)
 
 
-def _save_fig(fig, path: Path) -> Path:  # noqa: ANN001
-    import matplotlib.pyplot as plt
+def _subplots(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **kw: Any) -> tuple[Any, Any]:
+    """A ``(Figure, axes)`` pair at 110 dpi, outside pyplot's global state."""
+    from matplotlib.figure import Figure
 
+    fig = Figure(figsize=figsize, dpi=110)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def _save_fig(fig, path: Path) -> Path:  # noqa: ANN001
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight")
-    plt.close(fig)
     return Path(path)
 
 
 def save_grid(path: str | Path, rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None,
               class_names: Sequence[str] | None = None, suptitle: str | None = None, cell: float = 1.6) -> Path:
     """Save a grid of images (each row a list of ``(H, W, 3) uint8``) with an optional class legend."""
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
     nr, nc = len(rows), max(len(r) for r in rows)
     h, w = rows[0][0].shape[:2]
-    fig, axes = plt.subplots(nr, nc, figsize=(nc * cell * w / max(h, w) + 0.2, nr * cell * h / max(h, w) + 0.6),
-                             squeeze=False, dpi=110)
+    fig, axes = _subplots((nc * cell * w / max(h, w) + 0.2, nr * cell * h / max(h, w) + 0.6), nr, nc,
+                          squeeze=False)
     for r, row in enumerate(rows):
         for c in range(nc):
             ax = axes[r][c]
@@ -85,9 +91,7 @@ def save_grid(path: str | Path, rows: Sequence[Sequence[np.ndarray]], titles: Se
 def save_curve(path: str | Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
                ylabel: str, title: str = "", logy: bool = False) -> Path:
     """Line plot of named ``(x, y)`` series."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    fig, ax = _subplots((6, 3.6))
     for name, (x, y) in series.items():
         ax.plot(x, y, label=name, lw=1.2)
     ax.set_xlabel(xlabel)
@@ -106,9 +110,7 @@ def save_curve(path: str | Path, series: dict[str, tuple[Sequence[float], Sequen
 def save_bars(path: str | Path, names: Sequence[str], values: Sequence[float], title: str = "",
               ylabel: str = "IoU (%)") -> Path:
     """Per-class bar chart (e.g. IoU), values in the unit of ``ylabel``."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(names) + 1.5), 3.4), dpi=110)
+    fig, ax = _subplots((max(4, 0.45 * len(names) + 1.5), 3.4))
     pal = palette(len(names)) / 255.0
     colors = [pal[i] if pal[i].sum() > 0 else (0.4, 0.4, 0.4) for i in range(len(names))]
     bars = ax.bar(range(len(names)), values, color=colors, edgecolor="black", lw=0.5)
@@ -125,13 +127,11 @@ def save_bars(path: str | Path, names: Sequence[str], values: Sequence[float], t
 
 def save_confusion(path: str | Path, matrix: np.ndarray, names: Sequence[str], title: str = "") -> Path:
     """Row-normalised confusion matrix (rows ground truth, columns prediction) as a heat map, in %."""
-    import matplotlib.pyplot as plt
-
     m = np.asarray(matrix, dtype=np.float64)
     rows = m.sum(1, keepdims=True)
     pct = np.where(rows > 0, 100.0 * m / np.maximum(rows, 1), 0.0)
     n = len(names)
-    fig, ax = plt.subplots(figsize=(max(3.5, 0.5 * n + 2), max(3, 0.45 * n + 1.5)), dpi=110)
+    fig, ax = _subplots((max(3.5, 0.5 * n + 2), max(3, 0.45 * n + 1.5)))
     im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
     for i in range(n):
         for j in range(n):
@@ -221,11 +221,9 @@ def results_table(rows: list[tuple[str, dict]], class_names: list[str]) -> str:
 def results_plot(path: str | Path, rows: list[tuple[str, dict]], class_names: list[str],
                  title: str = "dtlabel demo: head vs students") -> None:
     """Grouped bar chart of per-class test IoU and mIoU, one bar per model (written atomically)."""
-    import matplotlib.pyplot as plt
-
     x = np.arange(len(class_names) + 1)
     width = 0.8 / max(1, len(rows))
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(x) + 2), 3.6), dpi=110)
+    fig, ax = _subplots((max(6, 0.7 * len(x) + 2), 3.6))
     for k, (label, m) in enumerate(rows):
         per = m.get("per_class_iou") or {}
         vals = [per.get(c) or 0.0 for c in class_names] + [m["miou"]]

@@ -85,7 +85,10 @@ class Run:
             raise RunError(f"--out {path}: cannot create the run folder ({exc.strerror or type(exc).__name__}); "
                            "choose a folder you can write to") from None
         try:  # checked under the lock: two commands on one folder cannot both find it empty
-            if any(p.name != LOCK for p in path.iterdir()):
+            # a folder holding only what a refused attempt of this command wrote (its config.yaml and log)
+            # has no work in it: the same command starts there again without --resume, the log appended
+            names = {p.name for p in path.iterdir()} - {LOCK}
+            if names - {"config.yaml", f"{command}.log"} or (resume and names):
                 desc = path / DESCRIPTOR
                 if not resume:
                     state = "a finished run" if desc.exists() else "an unfinished run"

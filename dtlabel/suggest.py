@@ -134,42 +134,29 @@ def in_order(features: np.ndarray, uncertainty: np.ndarray, centres: np.ndarray,
 
 
 def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> np.ndarray:
-    """Cluster of each row of ``x (N, D)`` into ``k`` clusters: k-means++ seeding from ``seed``, then
-    Lloyd iterations until no assignment changes (at most ``iters``). ``(N,)`` int."""
-    rng = np.random.default_rng(int(seed))
-    sq = (x * x).sum(1)
-    centres = [x[int(rng.integers(len(x)))]]
-    d2 = np.maximum(sq - 2 * x @ centres[0] + centres[0] @ centres[0], 0.0)
-    for _ in range(1, k):
-        i = int(rng.choice(len(x), p=d2 / d2.sum())) if d2.sum() > 0 else int(rng.integers(len(x)))
-        centres.append(x[i])
-        d2 = np.minimum(d2, np.maximum(sq - 2 * x @ x[i] + x[i] @ x[i], 0.0))
-    c = np.stack(centres)
-    assign = np.full(len(x), -1)
-    for _ in range(iters):
-        new = np.argmin(sq[:, None] - 2 * x @ c.T + (c * c).sum(1)[None], axis=1)
-        if np.array_equal(new, assign):
-            break
-        assign = new
-        for j in range(k):
-            if (assign == j).any():
-                c[j] = x[assign == j].mean(0)
+    """Cluster of each row of ``x (N, D)`` into ``k`` clusters: scipy's k-means (k-means++ seeding from
+    ``seed``, ``iters`` Lloyd iterations). ``(N,)`` int."""
+    import warnings
+
+    from scipy.cluster.vq import kmeans2
+
+    with warnings.catch_warnings():  # an emptied cluster stays empty: fewer clusters, not an error
+        warnings.simplefilter("ignore")
+        _, assign = kmeans2(np.asarray(x, np.float64), int(k), iter=int(iters), minit="++",
+                            rng=np.random.default_rng(int(seed)))
     return assign
 
 
-def knn_typicality(x: np.ndarray, neighbours: int = 20, chunk: int = 256) -> np.ndarray:
-    """``(N,)``: 1 / mean distance of each row of ``x`` to its ``neighbours`` nearest other rows,
-    computed ``chunk`` rows at a time (memory ``chunk x N``, whatever the pool size)."""
+def knn_typicality(x: np.ndarray, neighbours: int = 20) -> np.ndarray:
+    """``(N,)``: 1 / mean distance of each row of ``x`` to its ``neighbours`` nearest other rows
+    (scipy's KD-tree: memory linear in the pool size)."""
+    from scipy.spatial import cKDTree
+
     nn = min(neighbours, len(x) - 1)
     if nn < 1:
         return np.ones(len(x))
-    sq = (x * x).sum(1)
-    out = np.empty(len(x))
-    for a in range(0, len(x), chunk):
-        d = np.sqrt(np.maximum(sq[a:a + chunk, None] - 2 * x[a:a + chunk] @ x.T + sq[None], 0.0))
-        d[np.arange(len(d)), np.arange(a, a + len(d))] = np.inf  # not its own neighbour
-        out[a:a + chunk] = 1.0 / (np.partition(d, nn - 1, axis=1)[:, :nn].mean(1) + 1e-12)
-    return out
+    d, _ = cKDTree(np.asarray(x, np.float64)).query(x, k=nn + 1)  # the first neighbour is the row itself
+    return 1.0 / (d[:, 1:].mean(1) + 1e-12)
 
 
 def typical_picks(features: np.ndarray, uncertainty: np.ndarray, centres: np.ndarray, k: int, seed: int = 0,

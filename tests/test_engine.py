@@ -190,14 +190,21 @@ def test_resume_with_other_settings_is_refused(toy, tmp_path: Path) -> None:  # 
 
 def test_budget_schedule_anneals_by_the_time_the_budget_ends(toy, tmp_path: Path) -> None:  # noqa: ANN001
     """A 0.5 s budget over a 1000-step plan (50 ms steps): schedule=steps stops with the lr near its
-    peak, schedule=budget with it near the end of its cosine."""
+    peak, schedule=budget with it near the end of its cosine; schedule=auto (the default) is budget
+    when there is a budget."""
     last = {}
-    for schedule in ("steps", "budget"):
+    for schedule in ("steps", "budget", "auto"):
         result = train(toy.Toy(sleep=0.05), _cfg(steps=1000, max_minutes=0.5 / 60, schedule=schedule, min_lr_ratio=0.0),
                        tmp_path / schedule, torch.device("cpu"), progress=False)
         assert result.stopped and result.steps < 100
+        assert result.schedule == ("steps" if schedule == "steps" else "budget")
         last[schedule] = json.loads((tmp_path / schedule / "metrics.jsonl").read_text().splitlines()[-1])["lr"]
-    assert last["steps"] > 0.9e-2 and last["budget"] < 0.2e-2
+    assert last["steps"] > 0.9e-2 and last["budget"] < 0.2e-2 and last["auto"] < 0.2e-2
+
+
+def test_auto_schedule_without_a_budget_follows_the_steps() -> None:
+    assert _cfg().schedule == "steps" and _cfg(max_minutes=0).schedule == "steps"
+    assert _cfg(max_minutes=5).schedule == "budget"
 
 
 def test_budget_schedule_needs_a_budget() -> None:

@@ -143,3 +143,17 @@ def test_a_finished_student_keeps_no_checkpoint_and_says_its_size(tmp_path: Path
     assert main([*args, "--resume", "--out", str(out)]) == 0
     assert "finished train-student run: nothing to resume" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_a_refused_attempt_leaves_no_run_that_blocks_the_next(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """A command refused by a check after its folder opened (here: more labels than the data set
+    has) leaves its config.yaml and log, no work: the corrected command runs in the
+    same folder without --resume, and the log keeps both attempts. A folder with work still refuses."""
+    out = tmp_path / "s"
+    assert main(["train-student", *TINY, "--labels", "999", "--out", str(out)]) == 2
+    assert {p.name for p in out.iterdir()} <= {"config.yaml", "train-student.log", ".dtlabel.lock"}
+    capsys.readouterr()
+    assert main(["train-student", *TINY, "--labels", "4", "student.epochs=1", "--out", str(out)]) == 0
+    assert (out / "run.json").is_file() and "999" in (out / "train-student.log").read_text()
+    assert main(["train-student", *TINY, "--labels", "4", "student.epochs=1", "--out", str(out)]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import sys
 import time
@@ -42,6 +41,7 @@ from dtlabel.io import read_json, write_json, write_text
 from dtlabel.report import results_plot, results_table
 from dtlabel.runs import DESCRIPTOR, Run
 from dtlabel.teachers import resolve_model_root
+from dtlabel.teachers.loading import shipped_model
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ ROWS = (("head", "head (teacher features)", "eval-head"),
         ("student", "student (pretrained backbone, pseudo-labels + real labels)", "eval-student"),
         ("finetune", "fine-tuned (pretrained backbone, real labels only)", "eval-finetune"),
         ("scratch", "scratch student (real labels only)", "eval-scratch"))
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -74,10 +73,11 @@ def _list(cfg: DictConfig, key: str) -> list[str]:
 
 
 def shipped_teacher(path: str) -> Path:
-    """The shipped teacher folder: ``path`` as given when it exists, else relative to the repository."""
+    """The shipped teacher folder: ``path`` as given when it exists, else the package's shipped model
+    (``models/default`` is package data)."""
     p = Path(path)
-    if not p.is_absolute() and not p.exists():
-        p = REPO_ROOT / p
+    if not p.exists():
+        p = shipped_model(p) or p
     if not p.is_dir():
         raise ConfigError(f"demo.teacher_model {path}: no teacher folder there; run dtlabel demo --fit-teacher "
                           "to train one (see configs/demo/), or point demo.teacher_model at a teacher folder")
@@ -154,8 +154,6 @@ def _run_stage(run: Run, stage: Stage, common: list[str], quiet: bool) -> float:
         argv.append("--resume")
     if quiet:
         argv.append("-q")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     root = logging.getLogger()
     mine = root.handlers[:]  # the demo's log handlers step aside: the stage logs to its own run folder
     for h in mine:

@@ -38,7 +38,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
                       progress=not args.quiet)
     desc: dict[str, Any] = {
         "teacher": "teacher", "family": "ddpm", "size": list(size), "steps": result.steps,
-        "steps_planned": int(fit.steps), "stopped_early": result.stopped_early, "schedule": str(fit.schedule),
+        "steps_planned": int(fit.steps), "stopped_early": result.stopped_early, "schedule": result.schedule,
         "final_loss": None if math.isnan(result.final_loss) else round(result.final_loss, 6), "images_per_second": round(result.images_per_second, 3),
         "data": bundle.name, "num_images": len(images), "amp": result.amp,
     }

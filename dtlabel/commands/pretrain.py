@@ -106,7 +106,8 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
                     result.steps, result.total)
     desc = {"timm_name": str(pc.backbone), "features_only": True, "out_strides": list(STRIDES),
             "teacher_hash": teacher.teacher_hash(), "teacher": teacher.describe(), "mapping": matched,
-            "teacher_norm": str(pc.teacher_norm), "steps": result.steps, "steps_planned": result.total, "stopped_early": result.stopped, "images_seen": result.steps * task.batch,
+            "teacher_norm": str(pc.teacher_norm), "steps": result.steps, "steps_planned": result.total, "stopped_early": result.stopped,
+            "schedule": result.schedule, "images_seen": result.steps * task.batch,
             "pool_size": len(images), "data": bundle.name, "data_size": list(size), "mix": head is not None,
             "head": str(cfg.inputs.head) if head is not None else None, "cache_draws": cache_draws}
     if dist.is_main():

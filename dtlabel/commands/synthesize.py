@@ -26,9 +26,9 @@ background thread while the teacher samples the next batch.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +40,12 @@ from dtlabel.data import data_size
 from dtlabel.data.folder import list_images
 from dtlabel.device import precision, select_device, training_amp
 from dtlabel.errors import ConfigError, DataError, ModelError, RunError
-from dtlabel.io import read_json, write_json
+from dtlabel.io import write_json
 from dtlabel.labeling import ImageList, image_batch, sampled_batch
-from dtlabel.runs import DESCRIPTOR, Run
+from dtlabel.runs import Run
 from dtlabel.synth.labelers import Labeler, load_labeler
-from dtlabel.synth.shards import (
-    MANIFEST,
-    PLAN,
-    SHARD_DIR,
-    shard_complete,
-    shard_ranges,
-)
+from dtlabel.synth.plan import check_plan, prepare_folder, shards_to_write, write_shards
+from dtlabel.synth.shards import MANIFEST, SHARD_DIR, shard_complete, shard_ranges
 from dtlabel.synth.writer import ShardWriter
 from dtlabel.teachers import resolve_model_root
 
@@ -69,6 +64,8 @@ def _check_options(sc: DictConfig) -> None:
         raise ConfigError(f"synth.logits_downsample={sc.logits_downsample} must be >= 0 (0 = no logits)")
     if not 0 < float(sc.score_top) <= 1:
         raise ConfigError(f"synth.score_top={sc.score_top} must be in (0, 1]")
+    if sc.get("pool_images") is not None and int(sc.pool_images) < 1:
+        raise ConfigError(f"synth.pool_images={sc.pool_images} must be >= 1 or null (the whole pool)")
     if sc.get("sample_steps") is not None and int(sc.sample_steps) < 1:
         raise ConfigError(f"synth.sample_steps={sc.sample_steps} must be >= 1 or null")
     if sc.get("size") is not None and (len(sc.size) != 2 or any(int(s) < 8 for s in sc.size)):
@@ -121,39 +118,12 @@ def _pool_images(cfg: DictConfig, labeler: Labeler) -> tuple[ImageList, dict[str
     pool, ids, excluded = pseudo_label_pool(bundle, held)
     log.info("synthesize: the label-free pool of %s, %d images (%d of the labeler's labeled / validation images left "
              "out; validation and test splits are never in it)", bundle.name, len(ids), excluded)
+    limit = cfg.synth.get("pool_images")
+    if limit is not None and int(limit) < len(ids):
+        log.info("synthesize: its first %d images only (synth.pool_images; null labels the whole pool)", int(limit))
+        ids = list(ids)[:int(limit)]
     return ImageList.of_source(pool, ids), {"data": bundle.name, "root": str(cfg.data.get("root")),
-                                            "excluded": excluded}
-
-
-# ---------------------------------------------------------------------------------------------- shards
-def _prepare_folder(run: Run, plan: dict[str, Any]) -> None:
-    """Rank 0: the plan every restart must match (checked before anything is removed, so a refused
-    --resume leaves a finished run as it was), the shard folder, no temporary leftovers."""
-    if (run.path / PLAN).is_file():
-        _check_plan(run, plan)
-    folder = run.path / SHARD_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    for tmp in list(folder.glob(".*.tmp")) + list(run.path.glob(".*.tmp")):
-        tmp.unlink()
-    for stale in (run.path / DESCRIPTOR, run.path / MANIFEST):
-        if stale.exists():  # a resumed run is unfinished until it writes them again, manifest then run.json
-            stale.unlink()
-    if not (run.path / PLAN).is_file():
-        write_json(run.path / PLAN, plan)
-
-
-def _check_plan(run: Run, plan: dict[str, Any]) -> None:
-    prev = read_json(run.path / PLAN, RunError, fix="delete the run folder or use another --out")
-    for key in plan:
-        if prev.get(key) != plan[key]:
-            what = "the image folder's files" if key == "files" else key
-            raise RunError(f"--resume: {run.path} was started with another {what} "
-                           f"({_short(prev.get(key))} != {_short(plan[key])}); use the same command or another --out")
-
-
-def _short(v: Any) -> str:
-    s = json.dumps(v)
-    return s if len(s) <= 40 else s[:37] + "..."
+                                            "excluded": excluded, "pool_images": limit}
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -172,7 +142,35 @@ def _labeler_paths(cfg: DictConfig) -> list[str]:
     return paths
 
 
-def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class _Job:
+    """What a run labels and how: the mode (sample | image), the count, the labeler (and teacher), the
+    real images and where they come from, the image and logits sizes, the seeds and sampler steps."""
+
+    mode: str
+    n: int
+    labeler: Labeler
+    teacher: Any
+    images: ImageList | None
+    source: dict[str, Any] | None
+    size: tuple[int, int]
+    logits_size: tuple[int, int] | None
+    base_seed: int
+    steps: int | None
+    device: Any
+
+    def label(self, idx: list[int], sc: DictConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        """Samples ``idx`` in the shard format, and those skipped as unreadable (real images only)."""
+        if self.mode == "sample":
+            return sampled_batch(self.teacher, self.labeler, idx, self.base_seed, self.steps,  # type: ignore[arg-type]
+                                 self.size, self.logits_size, float(sc.score_top)), None
+        return image_batch(self.labeler, self.images, idx, self.base_seed, self.size,  # type: ignore[arg-type]
+                           self.logits_size, float(sc.score_top), bool(sc.skip_corrupt))
+
+
+def _job(cfg: DictConfig) -> _Job:
+    """Check the inputs, choose the device (and join torchrun's processes), load the labeler (and
+    teacher), list the images: the run's :class:`_Job`."""
     sc = cfg.synth
     _check_options(sc)
     paths = _labeler_paths(cfg)
@@ -189,17 +187,13 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
                           "folder) to sample from; --images DIR or a data set's pool can be labeled by a student alone")
     if cfg.inputs.get("teacher"):
         resolve_model_root(str(cfg.inputs.teacher))  # "not found" before loading anything
-
     device = dist.init_from_env(select_device(cfg.device))
-    rank, world = dist.rank(), dist.world_size()
     cfg.amp = training_amp(str(cfg.amp), bool(sc.get("cpu_bf16", False)), device)  # synth.cpu_bf16 under amp=auto
     labeler, teacher = load_labeler(paths, cfg.inputs.get("teacher"), cfg.teacher, device, str(cfg.amp))
-    t_hash, l_hash = (teacher.teacher_hash() if teacher is not None else None), labeler.hash()
     images: ImageList | None = None
     source: dict[str, Any] | None = None
     if files is not None and images_root is not None:
-        images = ImageList.of_files(files, images_root)
-        source = {"folder": str(images_root)}
+        images, source = ImageList.of_files(files, images_root), {"folder": str(images_root)}
     elif from_pool:
         images, source = _pool_images(cfg, labeler)
         n = len(images.names)
@@ -213,93 +207,95 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     ds = int(sc.logits_downsample)
     logits_size = (max(1, size[0] // ds), max(1, size[1] // ds)) if ds > 0 else None
     base_seed = int(sc.base_seed) if sc.get("base_seed") is not None else int(cfg.seed)
-    per_shard, bs = int(sc.samples_per_shard), int(sc.batch_size)
     steps = (int(sc.sample_steps) if sc.get("sample_steps") is not None else teacher.sample_steps) if mode == "sample" else None
-    ranges = shard_ranges(n, per_shard)
-    class_names = labeler.class_names
+    return _Job(mode, n, labeler, teacher, images, source, size, logits_size, base_seed, steps,  # type: ignore[arg-type]
+                device)
 
+
+def _plan(job: _Job, sc: DictConfig, rank: int) -> dict[str, Any]:
+    """``plan.json``: everything the bytes of a sample depend on (a restart must match it)."""
     plan: dict[str, Any] = {
-        "mode": mode, "n": n, "samples_per_shard": per_shard, "base_seed": base_seed, "size": list(size),
-        "logits_size": list(logits_size) if logits_size else None, "image_format": str(sc.image_format),
-        "teacher_hash": t_hash, "head_hash": l_hash, "sample_steps": steps,
-        "sampler": teacher.sampler if mode == "sample" else None,
+        "mode": job.mode, "n": job.n, "samples_per_shard": int(sc.samples_per_shard), "base_seed": job.base_seed,
+        "size": list(job.size), "logits_size": list(job.logits_size) if job.logits_size else None,
+        "image_format": str(sc.image_format), "teacher_hash": job.teacher.teacher_hash() if job.teacher is not None else None,
+        "head_hash": job.labeler.hash(), "sample_steps": job.steps,
+        "sampler": job.teacher.sampler if job.mode == "sample" else None,
     }
-    if images is not None:
-        plan["files"] = [{"file": name, "sha256": images.sha256(i)} if rank == 0 else {"file": name}
-                         for i, name in enumerate(images.names)]
-    if rank == 0:
-        _prepare_folder(run, plan)
-    dist.barrier()  # the run folder, the shard folder and plan.json exist from here on
-    if rank > 0:
-        _check_plan(run, {k: v for k, v in plan.items() if k != "files"})
-    shard_dir = run.path / SHARD_DIR
-    mine = [j for j in range(len(ranges)) if j % world == rank]
-    todo = [j for j in mine if not shard_complete(shard_dir, j, bool(sc.verify_resume))]
-    n_todo = sum(ranges[j][1] - ranges[j][0] + 1 for j in todo)
-    log.info("synthesize (%s): %d samples in %d shards of %d, %d rank(s); this rank: %d shards to write "
-             "(%d already done), %d samples; image %dx%d, %s, batch %d%s", mode, n, len(ranges), per_shard, world,
-             len(todo), len(mine) - len(todo), n_todo, size[0], size[1], sc.image_format, bs,
-             f", {teacher.sampler} {steps} steps" if mode == "sample" else
-             f", from {source.get('folder') or 'the label-free pool of data set ' + str(source.get('data'))}")
+    if job.images is not None:  # only rank 0 hashes the files (it writes the plan; the others check the rest)
+        plan["files"] = [{"file": name, "sha256": job.images.sha256(i)} if rank == 0 else {"file": name}
+                         for i, name in enumerate(job.images.names)]
+    return plan
 
+
+def _write(run: Run, job: _Job, sc: DictConfig, ranges: list[tuple[int, int]], quiet: bool) -> float:
+    """This rank's unwritten shards, labeled and written; returns its samples per second."""
+    rank, world = dist.rank(), dist.world_size()
+    mine, todo = shards_to_write(run.path, len(ranges), rank, world, bool(sc.verify_resume))
+    n_todo = sum(ranges[j][1] - ranges[j][0] + 1 for j in todo)
+    src = job.source or {}
+    log.info("synthesize (%s): %d samples in %d shards of %d, %d rank(s); this rank: %d shards to write "
+             "(%d already done), %d samples; image %dx%d, %s, batch %d%s", job.mode, job.n, len(ranges),
+             int(sc.samples_per_shard), world, len(todo), len(mine) - len(todo), n_todo, job.size[0], job.size[1],
+             sc.image_format, int(sc.batch_size),
+             f", {job.teacher.sampler} {job.steps} steps" if job.mode == "sample" else
+             f", from {src.get('folder') or 'the label-free pool of data set ' + str(src.get('data'))}")
     bar = tqdm(total=n_todo, unit="sample", desc=f"synthesize r{rank}" if world > 1 else "synthesize",
-               disable=bool(getattr(args, "quiet", False)) or rank > 0, smoothing=0.1)
-    writer = ShardWriter(shard_dir, labeler.num_classes, str(sc.image_format), int(sc.jpg_quality), int(sc.queue_size),
-                         on_written=bar.update)
+               disable=quiet or rank > 0, smoothing=0.1)
+    writer = ShardWriter(run.path / SHARD_DIR, job.labeler.num_classes, str(sc.image_format), int(sc.jpg_quality),
+                         int(sc.queue_size), on_written=bar.update)
     t0 = time.time()
-    signum = 0
-    # SIGTERM / SIGINT inside: the batch in progress ends, the shards closed so far stay
-    with interrupts.deferred():
-        try:
-            for j in todo:
-                first, last = ranges[j]
-                writer.open(j, first, last)
-                for start in range(first, last + 1, bs):
-                    idx = list(range(start, min(last + 1, start + bs)))
-                    if mode == "sample":
-                        samples = sampled_batch(teacher, labeler, idx, base_seed, steps, size, logits_size,  # type: ignore[arg-type]
-                                                float(sc.score_top))
-                        writer.add(samples)
-                    else:
-                        samples, skipped = image_batch(labeler, images, idx, base_seed, size,  # type: ignore[arg-type]
-                                                        logits_size, float(sc.score_top), bool(sc.skip_corrupt))
-                        writer.add(samples, skipped)
-                    if (signum := interrupts.pending()):
-                        break
-                if signum:
-                    break  # this shard stays unfinished (a temporary file --resume removes)
-                writer.close(j)
-            writer.finish()
-        finally:
-            bar.close()
+    try:  # SIGTERM / SIGINT: the batch in progress ends, the shards closed so far stay
+        signum = write_shards(writer, todo, ranges, int(sc.batch_size), lambda idx: job.label(idx, sc))
+    finally:
+        bar.close()
     if signum:
         raise interrupts.Interrupted(signum, f"with {len(writer.shards_done)} of this run's {len(todo)} shards written")
     seconds = time.time() - t0
     rate = n_todo / seconds if seconds > 0 and n_todo else 0.0
     log.info("rank %d: %d samples in %.1fs (%.2f samples/s)", rank, n_todo, seconds, rate)
+    return rate
 
-    dist.barrier()  # every rank's shards are committed
-    if rank > 0:
-        dist.cleanup()
-        return {}
-    missing = [j for j in range(len(ranges)) if not shard_complete(shard_dir, j, verify=False)]
-    if missing:
-        raise RunError(f"shards {missing[:5]} are missing after all ranks finished; rerun with --resume")
+
+def _finish(run: Run, job: _Job, cfg: DictConfig, plan: dict[str, Any], ranges: list[tuple[int, int]],
+            rate: float) -> dict[str, Any]:
+    """Rank 0, once every rank's shards are committed: the manifest (last artifact), the preview and
+    the run descriptor."""
     from dtlabel.synth.manifest import build_manifest, write_preview
 
-    manifest = build_manifest(run.path, plan, ranges, class_names, labeler, teacher, cfg, source, world)
+    sc, world = cfg.synth, dist.world_size()
+    missing = [j for j in range(len(ranges)) if not shard_complete(run.path / SHARD_DIR, j, verify=False)]
+    if missing:
+        raise RunError(f"shards {missing[:5]} are missing after all ranks finished; rerun with --resume")
+    class_names = job.labeler.class_names
+    manifest = build_manifest(run.path, plan, ranges, class_names, job.labeler, job.teacher, cfg, job.source, world)
     preview = write_preview(run.path, manifest, int(sc.preview), class_names) if int(sc.preview) > 0 else None
     write_json(run.path / MANIFEST, manifest)  # last artifact before run.json
-    dist.cleanup()
     log.info("%d samples (%d skipped) in %d shards, %.1f MB (%.1f kB per sample)", manifest["count"],
              len(manifest["skipped"]), len(ranges), manifest["bytes"] / 1e6, manifest["bytes_per_sample"] / 1e3)
     return {
-        "manifest": MANIFEST, "mode": mode, "count": manifest["count"], "n": n, "skipped": len(manifest["skipped"]),
-        "num_classes": labeler.num_classes, "class_names": class_names, "size": list(size),
-        "logits_size": list(logits_size) if logits_size else None, "shards": len(ranges), "world_size": world,
+        "manifest": MANIFEST, "mode": job.mode, "count": manifest["count"], "n": job.n,
+        "skipped": len(manifest["skipped"]), "num_classes": job.labeler.num_classes, "class_names": class_names,
+        "size": list(job.size), "logits_size": plan["logits_size"], "shards": len(ranges), "world_size": world,
         "teacher": str(cfg.inputs.teacher) if cfg.inputs.get("teacher") else None,
-        "head": str(cfg.inputs.head) if cfg.inputs.get("head") else None, "teacher_hash": t_hash, "head_hash": l_hash,
-        "labeler": labeler.describe(), "precision": precision(device, str(cfg.amp)),
+        "head": str(cfg.inputs.head) if cfg.inputs.get("head") else None, "teacher_hash": plan["teacher_hash"],
+        "head_hash": plan["head_hash"], "labeler": job.labeler.describe(), "precision": precision(job.device, str(cfg.amp)),
         "samples_per_second": round(rate, 3), "bytes_per_sample": manifest["bytes_per_sample"],
         "preview": preview.name if preview else None,
     }
+
+
+def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+    job = _job(cfg)
+    rank = dist.rank()
+    plan = _plan(job, cfg.synth, rank)
+    if rank == 0:
+        prepare_folder(run.path, plan)
+    dist.barrier()  # the run folder, the shard folder and plan.json exist from here on
+    if rank > 0:
+        check_plan(run.path, {k: v for k, v in plan.items() if k != "files"})
+    ranges = shard_ranges(job.n, int(cfg.synth.samples_per_shard))
+    rate = _write(run, job, cfg.synth, ranges, bool(getattr(args, "quiet", False)))
+    dist.barrier()  # every rank's shards are committed
+    descriptor = _finish(run, job, cfg, plan, ranges, rate) if rank == 0 else {}
+    dist.cleanup()
+    return descriptor

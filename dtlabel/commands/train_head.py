@@ -27,8 +27,7 @@ from omegaconf import DictConfig
 from dtlabel import dist
 from dtlabel.data import build_data, data_size
 from dtlabel.data.base import DataBundle, LabeledSource
-from dtlabel.data.check import check_before_training
-from dtlabel.data.splits import labeled_ids, validation_ids
+from dtlabel.data.splits import split_labels
 from dtlabel.device import precision, select_device, training_amp
 from dtlabel.engine import train
 from dtlabel.errors import ConfigError, DataError
@@ -91,18 +90,12 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int | N
     bundle = build_data(cfg.data)
     source = _check_data(bundle)
     label_seed = int(hc.label_seed) if hc.get("label_seed") is not None else seed
-    label_ids = labeled_ids(source, bundle.splits["train"], n_labels, label_seed, cfg.get("label_ids"))
+    split = split_labels(bundle, source, n_labels, cfg.get("label_ids"), label_seed, int(hc.val_size))
+    label_ids, val_ids, val_origin, test_ids = split.label_ids, split.val_ids, split.val_from, split.test_ids
     n_labels = len(label_ids)
-    val_ids, val_origin = validation_ids(bundle.splits, label_ids, int(hc.val_size), label_seed)
-    test_ids = list(bundle.splits["test"])
-    check_before_training(source, {"labeled": label_ids, "validation": val_ids, "test": test_ids})
     teacher = teacher_from_config(str(cfg.inputs.teacher), cfg.teacher, amp=str(cfg.amp)).to(device)
     if dist.is_main():
-        write_json(run.path / "labels.json", {
-            "n": n_labels, "label_seed": label_seed, "ids": label_ids, "pool": "train",
-            "pool_size": len(bundle.splits["train"]), "val_ids": val_ids, "val_from": val_origin,
-            "test_size": len(test_ids), "data": bundle.name,
-        })
+        write_json(run.path / "labels.json", split.record())
     spec = teacher.feature_spec
     log.info("train-head %s: %d labels of %d, %d validation (%s), %d test; teacher %s %dx%d, features %s (D=%d)",
              kind, n_labels, len(bundle.splits["train"]), len(val_ids), val_origin, len(test_ids), teacher.family,
@@ -127,11 +120,8 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int | N
     ev = score_head(head, feats, source, test_ids, size, int(hc.eval_batch_size), seed,
                     keep=int(hc.overlays) if dist.is_main() else 0, num_workers=int(cfg.num_workers))
     names = list(source.class_names)
-    chosen = result.selected.get("metrics") or {}
-    val = {"miou": chosen.get("val_miou"), "pixel_accuracy": chosen.get("val_pixel_accuracy"),
-           "per_class_iou": chosen.get("val_per_class_iou")} if val_ids else None
-    selected = {"rule": result.selected["rule"], "step": result.selected["step"],
-                "epoch": chosen.get("epoch", result.steps // task.per_epoch)}
+    val = result.validation() if val_ids else None
+    selected = result.selection(task.per_epoch)
     test: dict[str, Any] = ev.cm.summary(names)
     if dist.is_main():
         test = write_metrics(run.path / "metrics.json", ev.cm, names, "test", len(test_ids), size, n_test=len(test_ids),
@@ -149,7 +139,8 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int | N
         "head": "head", "kind": kind, "num_classes": source.num_classes, "class_names": names,
         "labels": n_labels, "label_ids": label_ids, "teacher_hash": teacher.teacher_hash(),
         "teacher": str(cfg.inputs.teacher), "feature_spec": spec.to_dict(), "data": bundle.name, "size": list(size),
-        "steps": result.steps, "epochs": result.steps // task.per_epoch, "test_miou": test["miou"],
+        "steps": result.steps, "epochs": result.steps // task.per_epoch, "schedule": result.schedule,
+        "test_miou": test["miou"],
         "val_miou": (val or {}).get("miou"), "cache": bool(hc.cache), "world_size": dist.world_size(),
         "precision": precision(device, str(cfg.amp)), "validation": {"images": len(val_ids), "from": val_origin},
     }

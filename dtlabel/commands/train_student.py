@@ -22,26 +22,24 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import time
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dtlabel import dist
 from dtlabel.data import build_data, data_size
 from dtlabel.data.base import DataBundle, LabeledSource
-from dtlabel.data.check import check_before_training
-from dtlabel.data.splits import labeled_ids, validation_ids
+from dtlabel.data.splits import LabelSplit, split_labels
 from dtlabel.device import precision, select_device, training_amp
-from dtlabel.engine import train
 from dtlabel.errors import ConfigError, DataError
 from dtlabel.io import write_json
 from dtlabel.metrics import write_metrics
 from dtlabel.report import save_eval_pictures, save_training_curves
-from dtlabel.runs import Run, TimeBudgetReached, read_run
+from dtlabel.runs import Run, read_run
 from dtlabel.students import backbone_file, create_student, load_backbone, save_student
 from dtlabel.students.model import init_from_student
+from dtlabel.students.recipe import STAGE1, Trained, stage2_epochs, train_recipe
 from dtlabel.students.task import (
     StudentTask,
     check_input_size,
@@ -51,7 +49,6 @@ from dtlabel.students.task import (
 )
 
 log = logging.getLogger(__name__)
-STAGE1 = "stage1"  # the run folder's subfolder of the mixed stage of a two-stage student
 
 
 def check_data(bundle: DataBundle, command: str) -> LabeledSource:
@@ -138,56 +135,62 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         dist.cleanup()
 
 
-def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_labels: int | None, synth: Any,
-         device: torch.device, rank: int, world: int, args: argparse.Namespace) -> dict[str, Any]:
-    seed = int(cfg.seed)
-    size = data_size(cfg.data)
-    bundle = build_data(cfg.data)
-    source = check_data(bundle, "train-student")
-    names = list(source.class_names)
+def _check_synth(synth: Any, source: LabeledSource, data_name: str, cfg: DictConfig) -> None:
+    """A synth set this student can train on: the data set's class count, logits for soft KD, samples."""
+    sc, names = cfg.student, list(source.class_names)
+    if int(synth.num_classes) != source.num_classes:
+        raise DataError(f"--synth {cfg.inputs.synth} has {synth.num_classes} classes but data set {data_name} has "
+                        f"{source.num_classes}; use the data set the pseudo-labels were made for")
+    if list(synth.class_names) != names:
+        log.warning("class names differ between the synth run %s and the data (%s); using the data's",
+                    list(synth.class_names), names)
+    if str(sc.synth_loss) == "soft" and synth.logits_size is None:
+        raise DataError(f"--synth {cfg.inputs.synth} stores no logits, needed by student.synth_loss=soft; "
+                        "use student.synth_loss=hard or synthesize with logits")
+    if len(synth) < 1:
+        raise DataError(f"--synth {cfg.inputs.synth}: no samples left (drop_uncertain={sc.drop_uncertain})")
+
+
+def _split(run: Run, cfg: DictConfig, bundle: DataBundle, source: LabeledSource, n_labels: int | None,
+           synth: Any) -> LabelSplit:
+    """The labeled ids, the validation slice and the test split (``labels.json``); the synth set
+    checked and its copies of those images dropped."""
+    sc = cfg.student
     if synth is not None:
-        if int(synth.num_classes) != source.num_classes:
-            raise DataError(f"--synth {cfg.inputs.synth} has {synth.num_classes} classes but data set {bundle.name} has "
-                            f"{source.num_classes}; use the data set the pseudo-labels were made for")
-        if list(synth.class_names) != names:
-            log.warning("class names differ between the synth run %s and the data (%s); using the data's",
-                        list(synth.class_names), names)
-        if str(sc.synth_loss) == "soft" and synth.logits_size is None:
-            raise DataError(f"--synth {cfg.inputs.synth} stores no logits, needed by student.synth_loss=soft; "
-                            "use student.synth_loss=hard or synthesize with logits")
-        if len(synth) < 1:
-            raise DataError(f"--synth {cfg.inputs.synth}: no samples left (drop_uncertain={sc.drop_uncertain})")
-    label_seed = int(sc.label_seed) if sc.get("label_seed") is not None else seed
-    label_ids: list[str] = []
-    if n_labels is not None or cfg.get("label_ids") is not None:
-        if not bundle.splits.get("train"):
-            raise DataError(f"data set {bundle.name} has no training images for --labels; set data.splits.train")
-        label_ids = labeled_ids(source, bundle.splits["train"], n_labels, label_seed, cfg.get("label_ids"))
-        n_labels = len(label_ids)
+        _check_synth(synth, source, bundle.name, cfg)
+    label_seed = int(sc.label_seed) if sc.get("label_seed") is not None else int(cfg.seed)
     # the head that made the pseudo-labels saw its own labeled images: keep them out of validation too
     head_labels = list(((synth.manifest.get("head") or {}).get("label_ids") or [])) if synth is not None else []
-    val_ids, val_origin = validation_ids(bundle.splits, [*label_ids, *head_labels], int(sc.val_size), label_seed)
-    test_ids = list(bundle.splits["test"])
-    check_before_training(source, {"labeled": label_ids, "validation": val_ids, "test": test_ids})
+    split = split_labels(bundle, source, n_labels, cfg.get("label_ids"), label_seed, int(sc.val_size), head_labels)
     if synth is not None:
-        _drop_copies(synth, source, bundle.name, cfg, label_ids, val_ids, test_ids)
+        _drop_copies(synth, source, bundle.name, cfg, split.label_ids, split.val_ids, split.test_ids)
         log.info("synth set %s: %d of its %d samples train (drop_uncertain %s left out the %d most uncertain)",
                  cfg.inputs.synth, len(synth), len(synth.manifest["scores"]), sc.drop_uncertain,
                  synth.dropped_uncertain)
-    if rank == 0:
-        write_json(run.path / "labels.json", {
-            "n": n_labels, "label_seed": label_seed, "ids": label_ids, "pool": "train",
-            "pool_size": len(bundle.splits.get("train") or []), "val_ids": val_ids, "val_from": val_origin,
-            "test_size": len(test_ids), "data": bundle.name,
-        })
+    if dist.is_main():
+        write_json(run.path / "labels.json", split.record())
     dist.barrier()
+    return split
 
+
+def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_labels: int | None, synth: Any,
+         device: torch.device, rank: int, world: int, args: argparse.Namespace) -> dict[str, Any]:
+    seed, size = int(cfg.seed), data_size(cfg.data)
+    bundle = build_data(cfg.data)
+    source = check_data(bundle, "train-student")
+    split = _split(run, cfg, bundle, source, n_labels, synth)
+    label_ids, val_ids, test_ids = split.label_ids, split.val_ids, split.test_ids
     torch.manual_seed(seed)
     model, spec = create_student(str(sc.arch), str(sc.encoder), source.num_classes, **kwargs)
     unused = check_input_size(model, spec, size)
     backbone = load_backbone(model, str(cfg.inputs.backbone)) if cfg.inputs.get("backbone") else None
     init = init_from_student(model, str(cfg.inputs.init)) if cfg.inputs.get("init") else None
     model.to(device)
+
+    def task_of(stage_cfg: DictConfig, synth_set: Any) -> StudentTask:
+        return StudentTask(model, source, label_ids, synth_set, val_ids, test_ids, size, stage_cfg, seed, device,
+                           str(cfg.amp), int(cfg.num_workers), unused)
+
     if sc.get("unlabeled") == "unimatch":
         from dtlabel.students.unimatch import UniMatchTask, unimatch_pool
 
@@ -195,78 +198,61 @@ def _run(run: Run, cfg: DictConfig, sc: DictConfig, kwargs: dict[str, Any], n_la
                                          test_ids, size, sc, seed, device, str(cfg.amp), int(cfg.num_workers), unused,
                                          run_dir=run.path)
     else:
-        task = StudentTask(model, source, label_ids, synth, val_ids, test_ids, size, sc, seed, device, str(cfg.amp),
-                           int(cfg.num_workers), unused)
-    stage2 = sc.get("stage2_epochs", 0)  # absent in configs of runs started before the two-stage default
-    stage2_epochs = int(sc.epochs if stage2 is None else stage2)
-    two_stage = synth is not None and bool(label_ids) and stage2_epochs > 0
+        task = task_of(sc, synth)
+    two_stage = synth is not None and bool(label_ids) and stage2_epochs(sc) > 0
     log.info("train-student %s/%s (%.2fM parameters) on %s: %d epochs x %d steps, batch %d (%d real + %d synth)%s%s, "
              "%d validation (%s), %d test, %d process(es)", spec.arch, spec.encoder_name,
              sum(p.numel() for p in model.parameters()) / 1e6, task.mode, int(sc.epochs), task.epoch_steps,
              int(sc.batch_size), task.n_real, task.n_syn,
              f", synth loss {sc.synth_loss}" + (f" tau {sc.tau}" if str(sc.synth_loss) == "soft" else "") if synth else "",
-             f", then {stage2_epochs} epochs on the real labels alone (two-stage)" if two_stage else "",
-             len(val_ids), val_origin, len(test_ids), world)
-    progress = not getattr(args, "quiet", False)
-    budget = sc.get("max_minutes")
-    # two-stage recipe: the mixed stage trains in stage1/, then the scratch recipe on the real labels
-    # alone continues from its selected weights in the run folder (as `--init stage1-run` would)
-    started = time.time()
-    result = train(task, task.loop_config(budget), run.path / STAGE1 if two_stage else run.path, device, progress)
-    if result.stopped:
-        raise TimeBudgetReached("train-student" + (" (stage 1 of 2)" if two_stage else ""), result.steps, result.total)
-    stage1 = None
-    if two_stage:
-        chosen1 = result.selected.get("metrics") or {}
-        stage1 = {"folder": STAGE1, "mode": task.mode, "steps": result.steps, "selected_step": result.selected["step"],
-                  "val_miou": chosen1.get("val_miou"), "test_miou": chosen1.get("test_miou")}
-        log.info("stage 1 (%s) done: validation mIoU %s at step %s; stage 2: the %d real labels alone", task.mode,
-                 stage1["val_miou"], stage1["selected_step"], len(label_ids))
-        if rank == 0:
-            save_training_curves(run.path / STAGE1, f"train-student stage 1 {spec.arch}/{spec.encoder_name} ({task.mode})")
-        sc = OmegaConf.merge(sc, {"epochs": stage2_epochs})
-        task = StudentTask(model, source, label_ids, None, val_ids, test_ids, size, sc, seed, device, str(cfg.amp),
-                           int(cfg.num_workers), unused)
-        # max_minutes is this session's wall time: stage 2 gets what stage 1 left of it (at least one step)
-        left = None if budget is None else max(float(budget) - (time.time() - started) / 60, 1e-6)
-        result = train(task, task.loop_config(left), run.path, device, progress)
-        if result.stopped:
-            raise TimeBudgetReached("train-student (stage 2 of 2)", result.steps, result.total)
-    mode = f"{stage1['mode']}, then real" if stage1 else task.mode
+             f", then {stage2_epochs(sc)} epochs on the real labels alone (two-stage)" if two_stage else "",
+             len(val_ids), split.val_from, len(test_ids), world)
+    trained = train_recipe(task, sc, run.path, device, not getattr(args, "quiet", False),
+                           stage2=(lambda stage_cfg: task_of(stage_cfg, None)) if two_stage else None,
+                           title=f"{spec.arch}/{spec.encoder_name}")
     model.eval()
-
-    ev = score_student(model, source, test_ids, size, int(sc.eval_batch_size), device, str(cfg.amp),
-                       keep=int(sc.overlays) if rank == 0 else 0, num_workers=int(cfg.num_workers))
-    chosen = result.selected.get("metrics") or {}
-    val = ({"miou": chosen.get("val_miou"), "pixel_accuracy": chosen.get("val_pixel_accuracy"),
-            "per_class_iou": chosen.get("val_per_class_iou")} if val_ids else None)
-    selected = {"rule": result.selected["rule"].replace("last step", "last epoch"), "step": result.selected["step"],
-                "epoch": chosen.get("epoch", result.steps // task.epoch_steps)}
-    test: dict[str, Any] = ev.cm.summary(names)
-    if rank == 0:
-        test = write_metrics(run.path / "metrics.json", ev.cm, names, "test", len(test_ids), size, n_test=len(test_ids),
-                             val=val, selected=selected, labels=n_labels, synth=mode,
-                             student=f"{spec.arch}/{spec.encoder_name}")
-        title = f"{spec.arch}/{spec.encoder_name} ({mode})"
-        save_eval_pictures(run.path, ev.samples, names, source.ignore_index, test, title)
-        save_training_curves(run.path, f"train-student {title}")
-        save_student(run.path / "student", model, spec, class_names=names, ignore_index=source.ignore_index,
-                     data=bundle.name, data_size=list(size), label_ids=label_ids, val_ids=val_ids, seed=seed,
-                     synth=str(cfg.inputs.synth) if synth is not None else None, backbone=backbone,
-                     test_miou=test["miou"], selected=selected)
-        if stage1:  # the student is saved: stage 1's checkpoint is no longer needed to resume
-            shutil.rmtree(run.path / STAGE1 / "checkpoints", ignore_errors=True)
-    dist.barrier()
-    log.info("test: mIoU %s, pixel accuracy %s (%d images)", test["miou"], test["pixel_accuracy"], len(test_ids))
+    test, val = _finish(run, cfg, trained, model, spec, source, split, size, device, backbone=backbone, synth=str(cfg.inputs.synth) if synth is not None else None)
+    result = trained.result
     return {
-        "student": "student", **spec.to_dict(), "num_classes": source.num_classes, "class_names": names,
-        "labels": n_labels, "label_ids": label_ids, "synth": str(cfg.inputs.synth) if synth is not None else None,
+        "student": "student", **spec.to_dict(), "num_classes": source.num_classes, "class_names": list(source.class_names),
+        "labels": len(label_ids) or None, "label_ids": label_ids,
+        "synth": str(cfg.inputs.synth) if synth is not None else None,
         "synth_loss": str(sc.synth_loss) if synth is not None else None,
         "synth_samples": len(synth) if synth is not None else None, "backbone": backbone, "init": init, "data": bundle.name,
         # steps: every optimisation step of the run (both stages of a two-stage student); stage_steps: each stage's
-        "size": list(size), "steps": result.steps + (stage1["steps"] if stage1 else 0),
-        "stage_steps": [stage1["steps"], result.steps] if stage1 else [result.steps],
-        "epochs": result.steps // task.epoch_steps, "world_size": world,
-        "test_miou": test["miou"], "val_miou": (val or {}).get("miou"), "stage1": stage1,
-        "precision": precision(device, str(cfg.amp)), "validation": {"images": len(val_ids), "from": val_origin},
+        "size": list(size), "steps": sum(trained.stage_steps), "stage_steps": trained.stage_steps,
+        "epochs": result.steps // trained.task.epoch_steps, "schedule": result.schedule, "world_size": world,
+        "test_miou": test["miou"], "val_miou": (val or {}).get("miou"), "stage1": trained.stage1,
+        "precision": precision(device, str(cfg.amp)), "validation": {"images": len(val_ids), "from": split.val_from},
     }
+
+
+def _finish(run: Run, cfg: DictConfig, trained: Trained, model: torch.nn.Module, spec: Any, source: LabeledSource,
+            split: LabelSplit, size: tuple[int, int], device: torch.device, backbone: Any,
+            synth: str | None) -> tuple[dict, dict | None]:
+    """Score the selected weights on the test split; rank 0 writes metrics.json, the pictures and the
+    student folder. Returns (test scores, validation scores or None)."""
+    sc, names = cfg.student, list(source.class_names)
+    main = dist.is_main()
+    ev = score_student(model, source, split.test_ids, size, int(sc.eval_batch_size), device,
+                       str(cfg.amp), keep=int(sc.overlays) if main else 0, num_workers=int(cfg.num_workers))
+    val = trained.result.validation() if split.val_ids else None
+    selected = trained.result.selection(trained.task.epoch_steps)
+    selected["rule"] = selected["rule"].replace("last step", "last epoch")
+    test: dict[str, Any] = ev.cm.summary(names)
+    if main:
+        n_test = len(split.test_ids)
+        test = write_metrics(run.path / "metrics.json", ev.cm, names, "test", n_test, size, n_test=n_test, val=val,
+                             selected=selected, labels=len(split.label_ids) or None, synth=trained.mode,
+                             student=f"{spec.arch}/{spec.encoder_name}")
+        title = f"{spec.arch}/{spec.encoder_name} ({trained.mode})"
+        save_eval_pictures(run.path, ev.samples, names, source.ignore_index, test, title)
+        save_training_curves(run.path, f"train-student {title}")
+        save_student(run.path / "student", model, spec, class_names=names, ignore_index=source.ignore_index,
+                     data=split.data, data_size=list(size), label_ids=split.label_ids, val_ids=split.val_ids,
+                     seed=int(cfg.seed), synth=synth, backbone=backbone, test_miou=test["miou"], selected=selected)
+        if trained.stage1:  # the student is saved: stage 1's checkpoint is no longer needed to resume
+            shutil.rmtree(run.path / STAGE1 / "checkpoints", ignore_errors=True)
+    dist.barrier()
+    log.info("test: mIoU %s, pixel accuracy %s (%d images)", test["miou"], test["pixel_accuracy"], len(split.test_ids))
+    return test, val

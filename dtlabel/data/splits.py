@@ -6,12 +6,13 @@ import logging
 import random
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from omegaconf import ListConfig
 
-from dtlabel.data.base import LabeledSource
+from dtlabel.data.base import DataBundle, LabeledSource
 from dtlabel.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -141,3 +142,43 @@ def validation_ids(splits: dict[str, list[str]], exclude: Sequence[str], n: int,
             "no validation image is left (every training image is a labeled one): the model of the last step is "
             "kept, not the best; use fewer --labels or give the data set a val split")
     return sorted(val), origin if val else "none (every training image is labeled)"
+
+
+@dataclass
+class LabelSplit:
+    """The images one training run uses: its N labeled ids (drawn with ``label_seed``), the
+    validation slice of model selection (and where it came from), the test split. ``record()`` is
+    its ``labels.json``."""
+
+    data: str
+    label_seed: int
+    label_ids: list[str]
+    val_ids: list[str]
+    val_from: str
+    test_ids: list[str]
+    pool_size: int
+
+    def record(self) -> dict[str, object]:
+        return {"n": len(self.label_ids) or None, "label_seed": self.label_seed, "ids": self.label_ids,
+                "pool": "train", "pool_size": self.pool_size, "val_ids": self.val_ids, "val_from": self.val_from,
+                "test_size": len(self.test_ids), "data": self.data}
+
+
+def split_labels(bundle: DataBundle, source: LabeledSource, n: int | None, given: object, label_seed: int,
+                 val_size: int, held: Sequence[str] = ()) -> LabelSplit:
+    """The labeled ids (``n`` of the training split, or the ``given`` list; none when both are None),
+    a validation slice disjoint from them and from ``held`` (the labels of the head that made a
+    student's pseudo-labels), the test split; every file of the three decoded once
+    (``check_before_training``) so a bad file is one error before training, not at step 700."""
+    from dtlabel.data.check import check_before_training
+
+    label_ids: list[str] = []
+    if n is not None or given is not None:
+        if not bundle.splits.get("train"):
+            raise DataError(f"data set {bundle.name} has no training images for --labels; set data.splits.train")
+        label_ids = labeled_ids(source, bundle.splits["train"], n, label_seed, given)
+    val_ids, val_from = validation_ids(bundle.splits, [*label_ids, *held], int(val_size), label_seed)
+    test_ids = list(bundle.splits["test"])
+    check_before_training(source, {"labeled": label_ids, "validation": val_ids, "test": test_ids})
+    return LabelSplit(bundle.name, label_seed, label_ids, val_ids, val_from, test_ids,
+                      len(bundle.splits.get("train") or []))

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks for updates at import
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import Dataset  # noqa: E402
-
-from dtlabel.data.base import ImageSource, LabeledSource  # noqa: E402
-from dtlabel.errors import DataError  # noqa: E402
+from dtlabel.data.base import ImageSource, LabeledSource
+from dtlabel.errors import DataError
 
 
 def build_transform(size: Sequence[int], train: bool = False, hflip: bool = True,

@@ -62,7 +62,8 @@ class LoopConfig:
     keep_last: int = 2
     keep_every: int = 0
     max_minutes: float | None = None
-    schedule: str = "steps"        # steps: the cosine spans `steps` | budget: it also ends when `max_minutes` does
+    schedule: str = "auto"         # steps: the cosine spans `steps` | budget: it also ends when `max_minutes` does |
+                                   # auto: budget when max_minutes is set (a time-bound run anneals), else steps
     loss_smoothing: float = 0.9    # weight of the running mean shown in the bar and logged as loss_ema
     allow_new_total: bool = False  # resume with another number of steps (the schedule stretches)
 
@@ -73,8 +74,10 @@ class LoopConfig:
             raise ConfigError(f"select={self.select}: expected best or last")
         if self.max_minutes is not None and float(self.max_minutes) < 0:
             raise ConfigError(f"max_minutes={self.max_minutes} must be >= 0 or null")
-        if self.schedule not in ("steps", "budget"):
-            raise ConfigError(f"schedule={self.schedule}: expected steps or budget")
+        if self.schedule not in ("auto", "steps", "budget"):
+            raise ConfigError(f"schedule={self.schedule}: expected auto, steps or budget")
+        if self.schedule == "auto":
+            self.schedule = "budget" if self.max_minutes else "steps"
         if self.schedule == "budget" and not self.max_minutes:
             raise ConfigError("schedule=budget needs max_minutes > 0: the lr schedule ends with the time budget")
         for name in ("log_every", "keep_last"):
@@ -90,6 +93,20 @@ class TrainResult:
     loss_ema: float                  # running mean of the loss at the end (nan if never logged)
     images_per_second: float         # this session
     selected: dict[str, Any] = field(default_factory=dict)  # rule, step, and the metrics of that evaluation
+    schedule: str = "steps"          # the lr schedule the run followed (steps | budget; auto resolved)
+
+    def validation(self) -> dict[str, Any]:
+        """The validation scores of the selected weights: ``miou``, ``pixel_accuracy``,
+        ``per_class_iou`` (None each where the task did not evaluate)."""
+        m = self.selected.get("metrics") or {}
+        return {"miou": m.get("val_miou"), "pixel_accuracy": m.get("val_pixel_accuracy"),
+                "per_class_iou": m.get("val_per_class_iou")}
+
+    def selection(self, steps_per_epoch: int) -> dict[str, Any]:
+        """Which weights were kept: the rule, the step and the epoch of that evaluation."""
+        m = self.selected.get("metrics") or {}
+        return {"rule": self.selected["rule"], "step": self.selected["step"],
+                "epoch": m.get("epoch", self.steps // steps_per_epoch)}
 
 
 def _truncate_metrics(path: Path, step: int) -> tuple[float, float]:
@@ -268,7 +285,8 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
             if selection.weights is not None else "last step")
     selected = {"rule": rule, "step": (selection.record or {}).get("step", done) if selection.weights is not None
                 else done, "metrics": selection.record}
-    return TrainResult(done, total, stopped, loss_ema, seen / max(time.time() - t_start, 1e-9), selected)
+    return TrainResult(done, total, stopped, loss_ema, seen / max(time.time() - t_start, 1e-9), selected,
+                       cfg.schedule)
 
 
 def _resume(task: Task, cfg: LoopConfig, store: CheckpointStore, opt: Any, sched: Any, scaler: Any,

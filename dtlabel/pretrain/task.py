@@ -85,7 +85,7 @@ class PretrainTask(Task):
                           min_lr_ratio=float(pc.min_lr_ratio), grad_clip=float(pc.grad_clip), amp=amp, seed=self.seed,
                           log_every=int(pc.log_every), checkpoint_every=int(pc.checkpoint_every),
                           keep_last=int(pc.keep_checkpoints), keep_every=int(pc.get("keep_every") or 0),
-                          max_minutes=max_minutes, schedule=str(pc.get("schedule", "steps")))
+                          max_minutes=max_minutes, schedule=str(pc.get("schedule", "auto")))
 
     def batches(self, start_step: int) -> Iterator[Any]:
         sampler = IndexStream(self.n, self.batch, self.seed, start_step, self.total, self.rank, self.world)

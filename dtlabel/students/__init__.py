@@ -24,11 +24,7 @@ The folder's files: :mod:`dtlabel.students.model`; encoder initialisation: :mod:
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # smp's hub loader reads local folders only
-
-from dtlabel.students.model import (  # noqa: E402
+from dtlabel.students.model import (
     DESCRIPTOR,
     FORMAT,
     HUB_CONFIG,
@@ -45,7 +41,7 @@ from dtlabel.students.model import (  # noqa: E402
     save_student,
     student_folder,
 )
-from dtlabel.students.backbone import backbone_file, load_backbone  # noqa: E402
+from dtlabel.students.backbone import backbone_file, load_backbone
 
 __all__ = ["StudentSpec", "architectures", "backbone_file", "check_encoder", "create_student", "load_backbone",
            "load_student", "read_student", "resolve_arch", "save_student", "student_folder", "DESCRIPTOR",

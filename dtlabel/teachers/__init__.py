@@ -9,23 +9,20 @@ Registry and factories (timm-style)::
     feats = teacher.features(images)                              # {"up_blocks.1@t=50+150": (B, C, h, w)}
     spec = teacher.feature_spec                                   # names, channels, strides
 
-Everything loads from local folders; the Hugging Face Hub is switched to offline mode on import.
+Everything loads from local folders (``local_files_only``, safetensors first); importing this package
+changes nothing in the process (the ``dtlabel`` command sets the hub offline when it runs).
 """
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the network when loading models
-
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from dtlabel.errors import ModelError  # noqa: E402
-from dtlabel.features import FeatureSpec, feature_key  # noqa: E402
-from dtlabel.teachers.base import TEACHERS, SampleOutput, Teacher, register_teacher  # noqa: E402
-from dtlabel.teachers.diffusion import DiffusionTeacher  # noqa: E402
-from dtlabel.teachers.loading import (  # noqa: E402
+from dtlabel.errors import ModelError
+from dtlabel.features import FeatureSpec, feature_key
+from dtlabel.teachers.base import TEACHERS, SampleOutput, Teacher, register_teacher
+from dtlabel.teachers.diffusion import DiffusionTeacher
+from dtlabel.teachers.loading import (
     hash_model_folder,
     read_model_json,
     resolve_model_root,
@@ -33,8 +30,8 @@ from dtlabel.teachers.loading import (  # noqa: E402
 )
 
 # the built-in families register themselves on import, as a plug-in would
-from dtlabel.teachers.ddpm import DDPMTeacher  # noqa: E402
-from dtlabel.teachers.stable_diffusion import StableDiffusionTeacher  # noqa: E402
+from dtlabel.teachers.ddpm import DDPMTeacher
+from dtlabel.teachers.stable_diffusion import StableDiffusionTeacher
 
 __all__ = [
     "TEACHERS",

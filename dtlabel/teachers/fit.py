@@ -58,6 +58,7 @@ class FitResult:
     stopped_early: bool
     architecture: dict[str, Any] | None = None  # fit.init_from runs: see init_architecture
     amp: str = "auto"                            # the precision it trained in (fit_amp)
+    schedule: str = "steps"                      # the lr schedule it followed (fit.schedule, auto resolved)
 
 
 class FitTask(Task):
@@ -158,7 +159,7 @@ def loop_config(cfg: DictConfig, seed: int, amp: str) -> LoopConfig:
                       grad_clip=float(cfg.grad_clip), amp=amp, seed=seed, log_every=int(cfg.log_every),
                       checkpoint_every=int(cfg.checkpoint_every), keep_last=int(cfg.keep_checkpoints),
                       keep_every=int(cfg.get("keep_every") or 0), max_minutes=cfg.get("max_minutes"),
-                      schedule=str(cfg.get("schedule", "steps")), loss_smoothing=0.98, allow_new_total=True)
+                      schedule=str(cfg.get("schedule", "auto")), loss_smoothing=0.98, allow_new_total=True)
 
 
 def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], device: torch.device,
@@ -210,7 +211,8 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
             DDPMPipeline(unet=export, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
             write_text(tmp / "dtlabel_teacher.json", json.dumps(_teacher_meta(result.steps, size, seed, arch), indent=2))
     dist.barrier()
-    return FitResult(teacher_dir, result.steps, result.loss_ema, result.images_per_second, result.stopped, arch, amp)
+    return FitResult(teacher_dir, result.steps, result.loss_ema, result.images_per_second, result.stopped, arch, amp,
+                     result.schedule)
 
 
 def _teacher_meta(step: int, size: Sequence[int], seed: int, arch: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:

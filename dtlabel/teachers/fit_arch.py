@@ -95,7 +95,9 @@ def init_architecture(path: str | Path) -> dict[str, Any]:
     ``path``: a fit-teacher run folder, a ``DDPMPipeline`` folder or a bare ``UNet2DModel`` folder.
     Raises ``ModelError`` (one line, naming the folder) for anything else.
     """
-    if not Path(path).expanduser().is_dir():
+    from dtlabel.teachers.loading import shipped_model
+
+    if not Path(path).expanduser().is_dir() and shipped_model(path) is None:
         raise ModelError(f"fit.init_from {path}: folder not found; pass a fit-teacher run folder or a local "
                          "diffusers DDPM folder")
     root, sub = _unet_location(path)

@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +33,34 @@ __all__ = [
     "quiet_progress_bars",
     "read_model_json",
     "resolve_model_root",
+    "shipped_model",
 ]
 
 # Files that define a model folder; their bytes make the teacher hash.
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
 
 
+def shipped_model(path: str | Path) -> Path | None:
+    """The package's copy of a shipped model for ``models/<name>`` (e.g. ``models/default``, the
+    default data's teacher), or None. Shipped models are package data, so an installed dtlabel has
+    them wherever it runs; a folder that exists at ``path`` itself always wins over this."""
+    parts = Path(path).parts
+    if len(parts) != 2 or parts[0] != "models":
+        return None
+    folder = Path(str(resources.files("dtlabel") / "models" / parts[1]))
+    return folder if folder.is_dir() else None
+
+
 def resolve_model_root(path: str | Path) -> Path:
     """Return the folder that holds the model for ``path``.
 
-    A fit-teacher run folder keeps its model in ``teacher/``; any other folder is returned as is.
+    A fit-teacher run folder keeps its model in ``teacher/``; any other folder is returned as is;
+    ``models/<name>`` that is no folder here is the shipped model of that name (``shipped_model``).
     Raises ``ModelError`` if ``path`` does not exist.
     """
     path = Path(path).expanduser()
+    if not path.exists():
+        path = shipped_model(path) or path
     if not path.exists():
         raise ModelError(
             f"teacher folder not found: {path}; pass --teacher with a fit-teacher run folder or a local "
