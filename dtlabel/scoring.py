@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dtlabel.errors import ConfigError, DataError, ModelError
+from dtlabel.errors import ConfigError, DataError
 from dtlabel.runs import read_run
 
 
@@ -73,22 +73,16 @@ def open_head(path: str, device: torch.device, teacher_cfg: Any, teacher_dir: st
               amp: str = "auto", seed: int = 0) -> ScorableModel:
     """The head of a finished ``train-head`` run with its teacher (``teacher_dir``, default the one its
     run records), read with the head's own feature options; refuses another teacher (hash)."""
-    from dtlabel.heads import load_head
-    from dtlabel.heads.reading import TeacherFeatures, teacher_for_head
+    from dtlabel.heads.reading import TeacherFeatures, open_head_with_teacher
     from dtlabel.heads.task import score_head
     from dtlabel.teachers import resolve_model_root
 
     hdesc = read_run(str(path), "train-head", "--head")
-    head = load_head(str(path), device)
     teacher_dir = teacher_dir or hdesc.get("teacher")
     if not teacher_dir:
         raise ConfigError(f"--head {path}: its run does not record its teacher; pass --teacher DIR")
     resolve_model_root(str(teacher_dir))
-    teacher = teacher_for_head(str(teacher_dir), teacher_cfg, head, amp).to(device)
-    want = head.meta.get("teacher_hash")
-    if want and teacher.teacher_hash() != want:
-        raise ModelError(f"--teacher {teacher_dir} is not the teacher the head was trained on (hash "
-                         f"{teacher.teacher_hash()[:12]} vs {str(want)[:12]}); pass that teacher's folder")
+    head, teacher = open_head_with_teacher(str(path), str(teacher_dir), teacher_cfg, device, amp)
     feats = TeacherFeatures(teacher)
     seed = int(head.meta.get("seed", seed))  # the evaluation noise train-head used
 

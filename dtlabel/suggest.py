@@ -196,3 +196,19 @@ def why(pick: Pick, distances: np.ndarray, uncertainty: np.ndarray) -> str:
     u_pct = 100.0 * float((uncertainty <= pick.uncertainty).mean())
     return (f"distance {pick.distance:.3f} to the nearest labeled/picked image (pool percentile {d_pct:.0f}), "
             f"uncertainty {pick.uncertainty:.3f} (percentile {u_pct:.0f})")
+
+
+def rank_candidates(strategy: str, features: np.ndarray, uncertainty: np.ndarray, centres: np.ndarray, k: int,
+                    weight: float, seed: int) -> tuple[list[Pick], list[str]]:
+    """``k`` picks of a strategy (``random``: the candidates as drawn, already ``k`` of them; ``typical``;
+    ``k-center``) over ``features (N, D)`` with the head's ``uncertainty (N,)`` and the labeled images'
+    ``centres (M, D)``, and one line per pick saying why."""
+    if strategy == "random":
+        picks = in_order(features, uncertainty, centres, weight)
+        return picks, [f"random draw {p.rank} of {k} (random_seed {seed}): the baseline, no ranking" for p in picks]
+    if strategy == "typical":
+        return typical_picks(features, uncertainty, centres, k, seed)
+    picks = weighted_k_center(features, uncertainty, centres, k, weight)
+    first = (np.min(np.linalg.norm(features[:, None] - centres[None], axis=2), axis=1) if len(centres)
+             else np.ones(len(features)))
+    return picks, [why(p, first, uncertainty) for p in picks]

@@ -26,9 +26,8 @@ from dtlabel.data import build_data, data_size, label_free_pool
 from dtlabel.data.transforms import ImageDataset, build_transform, to_uint8
 from dtlabel.device import precision, select_device, training_amp
 from dtlabel.engine import train
-from dtlabel.errors import ConfigError, DataError, ModelError
-from dtlabel.heads import load_head
-from dtlabel.heads.reading import TeacherFeatures, teacher_for_head
+from dtlabel.errors import ConfigError, DataError
+from dtlabel.heads.reading import TeacherFeatures, open_head_with_teacher
 from dtlabel.pretrain.export import BACKBONE, save_backbone, save_feature_pca
 from dtlabel.pretrain.losses import teacher_norm
 from dtlabel.pretrain.model import STRIDES, DistillationNet, create_backbone, match_levels
@@ -67,12 +66,8 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
         raise DataError(f"data set {bundle.name} has no images to pretrain on; pass --images DIR")
     head = None
     if cfg.inputs.get("head"):
-        head = load_head(str(cfg.inputs.head), device)
-        teacher = teacher_for_head(str(cfg.inputs.teacher), cfg.teacher, head, str(cfg.amp)).to(device)
-        want = head.meta.get("teacher_hash")
-        if want and teacher.teacher_hash() != want:
-            raise ModelError(f"--head {cfg.inputs.head} was trained on another teacher (hash {str(want)[:12]}, "
-                             f"--teacher has {teacher.teacher_hash()[:12]}); pass that teacher")
+        head, teacher = open_head_with_teacher(str(cfg.inputs.head), str(cfg.inputs.teacher), cfg.teacher, device,
+                                               str(cfg.amp))
     else:
         teacher = teacher_from_config(str(cfg.inputs.teacher), cfg.teacher, amp=str(cfg.amp)).to(device)
     mapping = OmegaConf.to_container(pc.mapping, resolve=True) if pc.get("mapping") is not None else None

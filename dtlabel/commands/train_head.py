@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from dtlabel import dist
 from dtlabel.data import build_data, data_size
 from dtlabel.data.base import DataBundle, LabeledSource
-from dtlabel.data.splits import split_labels
+from dtlabel.data.splits import LabelSplit, split_labels
 from dtlabel.device import precision, select_device, training_amp
 from dtlabel.engine import train
 from dtlabel.errors import ConfigError, DataError
@@ -117,26 +117,9 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int | N
         raise TimeBudgetReached("train-head", result.steps, result.total)
     head.eval()
 
-    ev = score_head(head, feats, source, test_ids, size, int(hc.eval_batch_size), seed,
-                    keep=int(hc.overlays) if dist.is_main() else 0, num_workers=int(cfg.num_workers))
-    names = list(source.class_names)
-    val = result.validation() if val_ids else None
-    selected = result.selection(task.per_epoch)
-    test: dict[str, Any] = ev.cm.summary(names)
-    if dist.is_main():
-        test = write_metrics(run.path / "metrics.json", ev.cm, names, "test", len(test_ids), size, n_test=len(test_ids),
-                             uncertainty={"kind": head.uncertainty_kind, "mean_image_score": ev.mean_score},
-                             val=val, selected=selected, labels=n_labels, head=kind)
-        title = f"{kind}, {n_labels} labels"
-        save_eval_pictures(run.path, ev.samples, names, source.ignore_index, test, f"{title}: test samples")
-        save_training_curves(run.path, f"train-head {title}")
-        head.save(run.path / "head", teacher_hash=teacher.teacher_hash(), class_names=names, label_ids=label_ids,
-                  ignore_index=source.ignore_index, data=bundle.name, data_size=list(size),
-                  image_size=list(teacher.image_size), teacher=teacher.describe(), val_ids=val_ids, seed=seed)
-    dist.barrier()
-    log.info("test: mIoU %s, pixel accuracy %s (%d images)", test["miou"], test["pixel_accuracy"], len(test_ids))
+    test, val = _finish(run, cfg, result, task, head, feats, teacher, source, split, size)
     return {
-        "head": "head", "kind": kind, "num_classes": source.num_classes, "class_names": names,
+        "head": "head", "kind": kind, "num_classes": source.num_classes, "class_names": list(source.class_names),
         "labels": n_labels, "label_ids": label_ids, "teacher_hash": teacher.teacher_hash(),
         "teacher": str(cfg.inputs.teacher), "feature_spec": spec.to_dict(), "data": bundle.name, "size": list(size),
         "steps": result.steps, "epochs": result.steps // task.per_epoch, "schedule": result.schedule,
@@ -144,3 +127,29 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int | N
         "val_miou": (val or {}).get("miou"), "cache": bool(hc.cache), "world_size": dist.world_size(),
         "precision": precision(device, str(cfg.amp)), "validation": {"images": len(val_ids), "from": val_origin},
     }
+
+
+def _finish(run: Run, cfg: DictConfig, result: Any, task: HeadTask, head: Any, feats: TeacherFeatures, teacher: Any,
+            source: Any, split: LabelSplit, size: tuple[int, int]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Score the selected head on the test split; rank 0 writes metrics.json, the pictures and the
+    head folder. Returns (test scores, validation scores or None)."""
+    hc, names, seed = cfg.head, list(source.class_names), int(cfg.seed)
+    n_test, n_labels = len(split.test_ids), len(split.label_ids)
+    ev = score_head(head, feats, source, split.test_ids, size, int(hc.eval_batch_size), seed,
+                    keep=int(hc.overlays) if dist.is_main() else 0, num_workers=int(cfg.num_workers))
+    val = result.validation() if split.val_ids else None
+    selected = result.selection(task.per_epoch)
+    test: dict[str, Any] = ev.cm.summary(names)
+    if dist.is_main():
+        test = write_metrics(run.path / "metrics.json", ev.cm, names, "test", n_test, size, n_test=n_test,
+                             uncertainty={"kind": head.uncertainty_kind, "mean_image_score": ev.mean_score},
+                             val=val, selected=selected, labels=n_labels, head=head.kind)
+        title = f"{head.kind}, {n_labels} labels"
+        save_eval_pictures(run.path, ev.samples, names, source.ignore_index, test, f"{title}: test samples")
+        save_training_curves(run.path, f"train-head {title}")
+        head.save(run.path / "head", teacher_hash=teacher.teacher_hash(), class_names=names, label_ids=split.label_ids,
+                  ignore_index=source.ignore_index, data=split.data, data_size=list(size),
+                  image_size=list(teacher.image_size), teacher=teacher.describe(), val_ids=split.val_ids, seed=seed)
+    dist.barrier()
+    log.info("test: mIoU %s, pixel accuracy %s (%d images)", test["miou"], test["pixel_accuracy"], n_test)
+    return test, val

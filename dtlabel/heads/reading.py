@@ -79,3 +79,22 @@ def teacher_for_head(path: str, teacher_cfg: Any, head: Any, amp: str = "auto") 
             log.info("teacher.%s=%s from the head's descriptor (config: %s)", key, trained[key], opts.get(key))
             opts[key] = trained[key]
     return teacher_from_config(path, opts, amp=amp)
+
+
+def open_head_with_teacher(head_path: str, teacher_path: str, teacher_cfg: Any, device: torch.device,
+                           amp: str = "auto") -> tuple[Any, Any]:
+    """``(head, teacher)`` on ``device``: the head of a train-head run (or its ``head/`` folder) and the
+    teacher in ``teacher_path`` read with the head's feature options (:func:`teacher_for_head`). A
+    teacher whose hash is not the one the head was trained on is one ``ModelError`` line: its
+    features would not be the ones the head learned on. What scoring, synthesize, pretrain (mix
+    distillation) and suggest open."""
+    from dtlabel.errors import ModelError
+    from dtlabel.heads import load_head
+
+    head = load_head(str(head_path), device)
+    teacher = teacher_for_head(str(teacher_path), teacher_cfg, head, amp).to(device)
+    want, have = head.meta.get("teacher_hash"), teacher.teacher_hash()
+    if want and have != want:
+        raise ModelError(f"--teacher {teacher_path} is not the teacher the head was trained on (--head {head_path} "
+                         f"was trained on teacher {str(want)[:12]}, this one is {have[:12]}); pass that teacher's folder")
+    return head, teacher

@@ -221,9 +221,8 @@ def load_labeler(paths: Sequence[str], teacher_path: str | None, teacher_cfg: An
                  amp: str = "auto") -> tuple[Labeler, Any]:
     """The labeler of ``paths`` (one run, or several: an ensemble) and the teacher it reads (None when
     every member is a student). Heads must have been trained on ``teacher_path``'s teacher."""
-    from dtlabel.heads import load_head
     from dtlabel.heads.base import DESCRIPTOR as HEAD_DESCRIPTOR
-    from dtlabel.heads.reading import teacher_for_head
+    from dtlabel.heads.reading import open_head_with_teacher
     from dtlabel.runs import read_run
     from dtlabel.students import load_student
 
@@ -240,13 +239,7 @@ def load_labeler(paths: Sequence[str], teacher_path: str | None, teacher_cfg: An
         if kind == "head":
             if (p / "head" / HEAD_DESCRIPTOR).is_file():  # a run folder, not a bare head/ folder: finished?
                 read_run(p, "train-head", "--head")
-            head = load_head(str(p), device)
-            own = teacher_for_head(str(teacher_path), teacher_cfg, head, amp).to(device)
-            t_hash = own.teacher_hash()
-            trained_on = head.meta.get("teacher_hash")
-            if trained_on and trained_on != t_hash:
-                raise ModelError(f"--head {path} was trained on teacher {trained_on}, but --teacher {teacher_path} is "
-                                 f"{t_hash}; pass the teacher the head was trained with")
+            head, own = open_head_with_teacher(str(p), str(teacher_path), teacher_cfg, device, amp)
             if teacher is not None and _same_features(teacher, own):
                 own = teacher  # one teacher object: features read while sampling serve every such head
             teacher = teacher or own
