@@ -4,7 +4,8 @@ Take a real image ``x0``, draw noise ``eps``, form ``x_t = sqrt(a_t) x0 + sqrt(1
 timestep ``t``, run the UNet once and keep the outputs of some decoder blocks. :class:`DiffusionTeacher`
 implements that once for every diffusion family; a family (``ddpm.py``, ``stable_diffusion.py``)
 only says how to load its folder, how to move between pixels and the UNet's space (identity or a
-VAE) and how to call its UNet. Sampling is in ``sampling.py``, the hooks in ``hooks.py``, the
+VAE) and how to call its UNet. The denoising loop is ``sampling.py``'s (on a predict function and a
+scheduler; :meth:`DiffusionTeacher.sample` batches it and reads features), the hooks in ``hooks.py``, the
 noise draws in ``noise.py``.
 
 Feature maps are named ``"{block}@t={t}"`` (``"up_blocks.1@t=50"``), or ``"{block}@t={t1}+{t2}"``
@@ -28,9 +29,10 @@ import torch
 from dtlabel.device import amp_dtype
 from dtlabel.errors import ConfigError, did_you_mean
 from dtlabel.features import FeatureSpec, feature_key
+from dtlabel.seeds import synth_sample
 from dtlabel.teachers import sampling
 from dtlabel.teachers.base import SampleOutput, Teacher
-from dtlabel.teachers.hooks import check_blocks, output_info, run_hooked
+from dtlabel.teachers.hooks import capture_outputs, check_blocks, output_info, run_hooked
 from dtlabel.teachers.loading import make_scheduler
 from dtlabel.teachers.noise import check_timesteps, draw_noise, image_seeds
 
@@ -310,7 +312,7 @@ class DiffusionTeacher(Teacher):
     # ------------------------------------------------------------------ sampling
     def make_sampler(self, name: str | None = None) -> Any:
         """A fresh diffusers scheduler of kind ``name`` (default: the configured ``sampler``)."""
-        return sampling.make_sampler(self, name)
+        return sampling.make_sampler(self.samplers(), name or self.sampler, self.scheduler_config)
 
     @torch.no_grad()
     def sample(
@@ -337,7 +339,39 @@ class DiffusionTeacher(Teacher):
             :class:`SampleOutput` with ``images (n, 3, H, W)`` in [-1, 1] and features as
             :attr:`feature_spec` (or None if ``return_features`` is False).
         """
-        return sampling.sample(self, n, seed, steps, batch_size, return_features, height, width, output_device)
+        if n < 1:
+            raise ConfigError(f"n must be >= 1, got {n}")
+        steps, bs = int(steps or self.sample_steps), int(batch_size or n)
+        h, w = height or self.image_size[0], width or self.image_size[1]
+        self.check_image_size(h, w)
+        shape = (self.model_channels, h // self.latent_factor, w // self.latent_factor)
+        out_dev = torch.device(output_device) if output_device is not None else self.device
+        images: list[torch.Tensor] = []
+        feats: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, n, bs):
+            batch_seeds = [synth_sample(seed, i) for i in range(start, min(n, start + bs))]
+            img, f = self._sample_batch(batch_seeds, shape, steps, return_features)
+            images.append(img.to(out_dev))
+            for k, v in (f or {}).items():
+                feats.setdefault(k, []).append(v.to(out_dev))
+        features = {k: torch.cat(v) for k, v in feats.items()} if return_features else None
+        return SampleOutput(torch.cat(images), features, [synth_sample(seed, i) for i in range(n)])
+
+    def _sample_batch(self, batch_seeds: list[int], shape: tuple[int, int, int], steps: int,
+                      return_features: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """One batch: ``(images (B, 3, H, W) in [-1, 1], features or None)``."""
+        capture = return_features and self.sample_features == "capture"
+        x, captured = sampling.denoise(
+            lambda x_in, t: self._predict(x_in, t, self.guidance_scale), self.make_sampler(), batch_seeds, shape,
+            steps, self.device, eta=self.eta,
+            capture=(lambda store: capture_outputs(self.unet, self.blocks, store)) if capture else None,
+            capture_at=self.timesteps)
+        images = self.decode(x).clamp(-1, 1).float()
+        if not return_features:
+            return images, None
+        if capture:
+            return images, self._assemble(captured, self.timesteps)
+        return images, self.features(images, seed=batch_seeds)
 
     def extra_repr(self) -> str:
         blocks, ts = list(self.blocks), list(self.timesteps)

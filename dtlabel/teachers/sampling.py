@@ -1,8 +1,10 @@
-"""The denoising loop of diffusion teachers, written out (diffusers' ``pipeline_ddpm.py`` shape).
+"""The denoising loop of diffusion teachers, written out (diffusers' ``pipeline_ddpm.py`` shape) on a
+predict function and a scheduler: it knows no teacher (the teacher calls it with its UNet call,
+guidance included, and decodes the result).
 
-``set_timesteps``, then per step: scale the input, one UNet call (with classifier-free guidance where
-the family has it), ``scheduler.step``; finally decode to pixels. The scheduler is a fresh diffusers
-object per batch, made from the teacher's own noise schedule.
+``set_timesteps``, then per step: scale the input, one ``predict(x, t)``, ``scheduler.step``. The
+scheduler is a fresh diffusers object per batch, made from the teacher's own noise schedule
+(:func:`make_sampler`).
 
 Determinism: sample ``i`` has its own CPU ``torch.Generator`` seeded ``seed + i`` for its initial
 noise and every step noise, so it is the same whatever ``n`` and the batch size are, and any range
@@ -21,111 +23,73 @@ Feature modes (the teacher's ``sample_features`` option):
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from dtlabel import seeds as seeds_
 from dtlabel.errors import ConfigError
-from dtlabel.teachers.base import SampleOutput
-from dtlabel.teachers.hooks import capture_outputs
 from dtlabel.teachers.loading import make_scheduler, parameter_names
-
-if TYPE_CHECKING:
-    from dtlabel.teachers.diffusion import DiffusionTeacher
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["capture_steps", "denoise", "make_sampler", "sample"]
+__all__ = ["capture_steps", "denoise", "make_sampler"]
+
+# the model's prediction at input x (B, C, h, w) and a scalar timestep t, in float32
+Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# a context that, while open, stores the hooked block outputs of the model's calls in the dict it gets
+Capture = Callable[[dict[str, torch.Tensor]], contextlib.AbstractContextManager]
 
 
-def make_sampler(teacher: DiffusionTeacher, name: str | None = None) -> Any:
-    """A fresh diffusers scheduler of kind ``name`` (default: the teacher's ``sampler``)."""
+def make_sampler(samplers: Mapping[str, str], name: str, config: Mapping[str, Any]) -> Any:
+    """A fresh diffusers scheduler of kind ``name`` (``samplers``: name -> diffusers class name) on the
+    noise schedule ``config``."""
     import diffusers
 
-    name = name or teacher.sampler
-    samplers = teacher.samplers()
     if name not in samplers:
         raise ConfigError(f"unknown sampler {name!r}; choose one of {sorted(samplers)}")
     cls = getattr(diffusers, samplers[name])
-    config = teacher.scheduler_config
     # latent-space models must not clip x0 predictions to [-1, 1]
     return make_scheduler(cls, config, clip_sample=config.get("clip_sample", False))
 
 
-def sample(
-    teacher: DiffusionTeacher,
-    n: int,
-    seed: int,
-    steps: int | None,
-    batch_size: int | None,
-    return_features: bool,
-    height: int | None,
-    width: int | None,
-    output_device: str | torch.device | None,
-) -> SampleOutput:
-    """``n`` samples in batches of ``batch_size``; see :meth:`DiffusionTeacher.sample`."""
-    if n < 1:
-        raise ConfigError(f"n must be >= 1, got {n}")
-    steps = int(steps or teacher.sample_steps)
-    bs = int(batch_size or n)
-    h, w = height or teacher.image_size[0], width or teacher.image_size[1]
-    teacher.check_image_size(h, w)
-    shape = (teacher.model_channels, h // teacher.latent_factor, w // teacher.latent_factor)
-    out_dev = torch.device(output_device) if output_device is not None else teacher.device
-    images: list[torch.Tensor] = []
-    feats: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, n, bs):
-        idx = list(range(start, min(n, start + bs)))
-        img, f = denoise(teacher, [seeds_.synth_sample(seed, i) for i in idx], shape, steps, return_features)
-        images.append(img.to(out_dev))
-        for k, v in (f or {}).items():
-            feats.setdefault(k, []).append(v.to(out_dev))
-    features = {k: torch.cat(v) for k, v in feats.items()} if return_features else None
-    return SampleOutput(torch.cat(images), features, [seeds_.synth_sample(seed, i) for i in range(n)])
+def denoise(predict: Predict, scheduler: Any, seeds: Sequence[int], shape: tuple[int, int, int], steps: int,
+            device: torch.device, eta: float = 0.0, capture: Capture | None = None,
+            capture_at: Sequence[int] = ()) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+    """One batch, one sample per seed: ``(x0 (B, C, h, w) in the model's space, captured maps)``.
 
-
-def denoise(
-    teacher: DiffusionTeacher, seeds: list[int], shape: tuple[int, int, int], steps: int, return_features: bool
-) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """One batch, one sample per seed: ``(images (B, 3, H, W) in [-1, 1], features or None)``.
-
-    ``shape`` is one sample's ``(C, h, w)`` in the UNet's space.
+    ``shape`` is one sample's ``(C, h, w)``. Sample ``k`` draws its initial and step noise from its
+    own CPU generator seeded ``seeds[k]``. With ``capture``, the block outputs of the step nearest
+    to each timestep of ``capture_at`` are kept as ``{(block, t): (B, C', h', w')}``.
     """
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    scheduler = teacher.make_sampler()
-    scheduler.set_timesteps(steps, device=teacher.device)
-    x = torch.cat([torch.randn((1, *shape), generator=g) for g in gens]).to(teacher.device)
+    scheduler.set_timesteps(steps, device=device)
+    x = torch.cat([torch.randn((1, *shape), generator=g) for g in gens]).to(device)
     x = x * scheduler.init_noise_sigma
     step_kwargs: dict[str, Any] = {}
     step_params = parameter_names(scheduler.step)
     if "generator" in step_params:
         step_kwargs["generator"] = gens
     if "eta" in step_params:
-        step_kwargs["eta"] = teacher.eta
-    capture = return_features and teacher.sample_features == "capture"
-    capture_at = capture_steps(scheduler.timesteps, teacher.timesteps) if capture else {}
+        step_kwargs["eta"] = eta
+    at = capture_steps(scheduler.timesteps, tuple(capture_at)) if capture is not None else {}
     captured: dict[tuple[str, int], torch.Tensor] = {}
     for i, t in enumerate(scheduler.timesteps):
         x_in = scheduler.scale_model_input(x, t)
-        if i in capture_at:
+        if i in at:
             store: dict[str, torch.Tensor] = {}
-            with capture_outputs(teacher.unet, teacher.blocks, store):
-                pred = teacher._predict(x_in, t, teacher.guidance_scale)
+            with capture(store):  # type: ignore[misc]
+                pred = predict(x_in, t)
             for b, out in store.items():
                 out = out[-x.shape[0] :].float()  # with guidance the conditional half comes last
-                for ct in capture_at[i]:
+                for ct in at[i]:
                     captured[(b, ct)] = out
         else:
-            pred = teacher._predict(x_in, t, teacher.guidance_scale)
+            pred = predict(x_in, t)
         x = scheduler.step(pred.float(), t, x, **step_kwargs).prev_sample
-    images = teacher.decode(x).clamp(-1, 1).float()
-    if not return_features:
-        return images, None
-    if teacher.sample_features == "capture":
-        return images, teacher._assemble(captured, teacher.timesteps)
-    return images, teacher.features(images, seed=seeds)
+    return x, captured
 
 
 def capture_steps(sched_ts: torch.Tensor, timesteps: tuple[int, ...]) -> dict[int, list[int]]:
