@@ -134,3 +134,18 @@ def test_demo_without_its_shipped_teacher(cli, tmp_path: Path) -> None:
     code, _, err = cli("demo", "--preset", "tiny", "demo.fit_teacher=false", f"demo.teacher_model={tmp_path / 'none'}",
                        "--out", tmp_path / "d")
     assert code == 2 and err.count("\n") == 1 and "no teacher folder there" in err and "--fit-teacher" in err
+
+
+def test_demo_without_pretrain_skips_its_stage_and_row(tmp_path: Path) -> None:
+    """demo.with_pretrain=false (the cpu preset's choice): no pretrain stage, no fine-tuned row, and
+    the distilled student starts from random weights like the scratch baseline."""
+    from dtlabel.cli import main
+
+    out = tmp_path / "run"
+    assert main(["demo", "--preset", "tiny", "demo.with_pretrain=false", "--out", str(out), "-q"]) == 0
+    assert not (out / "pretrain").exists() and not (out / "finetune").exists()
+    student = json.loads((out / "student" / "run.json").read_text())
+    assert student["synth"] and student["backbone"] is None
+    assert set(json.loads((out / "results.json").read_text())) == {"head", "student", "scratch"}
+    table = (out / "results.md").read_text()
+    assert table.count("\n| ") == 4 and "student (pseudo-labels + real labels)" in table

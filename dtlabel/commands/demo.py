@@ -5,12 +5,15 @@ demo's folder (so each has its config, log and ``run.json``, and can be inspecte
 
 1. ``teacher``: the shipped default-data teacher (``models/default``, see its model card), or with
    ``--fit-teacher`` a ``fit-teacher`` run on the default data's label-free pool;
-2. ``pretrain/``: ``pretrain``: the student's backbone regresses the teacher's features (no labels);
+2. ``pretrain/`` (``demo.with_pretrain``): ``pretrain``: the student's backbone regresses the teacher's
+   features (no labels);
 3. ``head/``: ``train-head --labels N`` on the teacher's features;
 4. ``synth/``: ``synthesize data=default``: the head's pseudo-labels of the label-free pool (never
    the labeled, validation or test images);
-5. ``student/``: ``train-student --synth synth/ --labels N --backbone pretrain/``;
-6. ``finetune/``: ``train-student --labels N --backbone pretrain/`` (pretrained, then fine-tuned);
+5. ``student/``: ``train-student --synth synth/ --labels N`` (with ``demo.with_pretrain``: ``--backbone
+   pretrain/``);
+6. ``finetune/`` (``demo.with_pretrain``): ``train-student --labels N --backbone pretrain/`` (pretrained,
+   then fine-tuned);
 7. ``scratch/``: ``train-student --labels N``: the baseline, the same student, labels and steps;
 8. ``eval-*/``: ``dtlabel eval`` of each model on the test split (metrics, overlays, confusion);
 9. ``results.md`` / ``results.png`` / ``report.html``: the table, per-class bars, the prediction
@@ -47,9 +50,18 @@ log = logging.getLogger(__name__)
 
 # (key, row label, eval folder); the order of the results table
 ROWS = (("head", "head (teacher features)", "eval-head"),
-        ("student", "student (pretrained backbone, pseudo-labels + real labels)", "eval-student"),
+        ("student", "student (pseudo-labels + real labels)", "eval-student"),
         ("finetune", "fine-tuned (pretrained backbone, real labels only)", "eval-finetune"),
         ("scratch", "scratch student (real labels only)", "eval-scratch"))
+
+
+def rows(pretrain: bool) -> list[tuple[str, str, str]]:
+    """The results table's rows: with ``demo.with_pretrain`` the student starts from the pretrained
+    backbone and the fine-tuned row is there too."""
+    if not pretrain:
+        return [r for r in ROWS if r[0] != "finetune"]
+    return [(k, "student (pretrained backbone, pseudo-labels + real labels)" if k == "student" else label, f)
+            for k, label, f in ROWS]
 
 
 @dataclass
@@ -98,16 +110,19 @@ def plan(run: Run, cfg: DictConfig, labels: int) -> list[Stage]:
         stages = [Stage("teacher", None, [], shipped)]
     pre, head, synth = (str(run.path / f) for f in ("pretrain", "head", "synth"))
     students = ["train-student", "--labels", str(labels), *data, *_list(dc, "students")]
+    pretrain = bool(dc.get("with_pretrain", True))
+    if pretrain:
+        stages.append(Stage("pretrain", "pretrain", ["pretrain", "--teacher", teacher, *data, *_list(dc, "pretrain")]))
     stages += [
-        Stage("pretrain", "pretrain", ["pretrain", "--teacher", teacher, *data, *_list(dc, "pretrain")]),
         Stage("train-head", "head", ["train-head", "--labels", str(labels), "--teacher", teacher, *data,
                                      *_list(dc, "head")]),
         Stage("synthesize", "synth", ["synthesize", "--teacher", teacher, "--head", head, *data, *_list(dc, "synth")]),
-        Stage("student", "student", [*students, "--synth", synth, "--backbone", pre, *_list(dc, "student")]),
-        Stage("finetune", "finetune", [*students, "--backbone", pre]),
+        Stage("student", "student", [*students, "--synth", synth, *(["--backbone", pre] if pretrain else []),
+                                     *_list(dc, "student")]),
+        *([Stage("finetune", "finetune", [*students, "--backbone", pre])] if pretrain else []),
         Stage("scratch", "scratch", students),
     ]
-    for key, _, folder in ROWS:
+    for key, _, folder in rows(pretrain):
         model = ["--head", head] if key == "head" else ["--student", str(run.path / key)]
         stages.append(Stage(folder, folder, ["eval", *model, *data]))
     return stages
@@ -196,18 +211,19 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         progress.start(k, shlex.join(["dtlabel", *stage.argv]))
         progress.done(k, _run_stage(run, stage, common, quiet))
 
-    rows = [(label, _metrics(run.path / folder)) for _, label, folder in ROWS]
-    class_names = list(rows[0][1]["per_class_iou"].keys())
-    table = results_table(rows, class_names)
+    shown = rows(bool(dc.get("with_pretrain", True)))
+    scored = [(label, _metrics(run.path / folder)) for _, label, folder in shown]
+    class_names = list(scored[0][1]["per_class_iou"].keys())
+    table = results_table(scored, class_names)
     write_text(run.path / "results.md", (
         f"# dtlabel demo results (default data, {labels} labels, test split of "
-        f"{rows[0][1].get('n_images', '?')} images, IoU in %)\n\n{table}\n"))
-    results_plot(run.path / "results.png", rows, class_names)
+        f"{scored[0][1].get('n_images', '?')} images, IoU in %)\n\n{table}\n"))
+    results_plot(run.path / "results.png", scored, class_names)
     results = {key: {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"], "per_class_iou": m["per_class_iou"]}
-               for (key, _, _), (_, m) in zip(ROWS, rows)}
+               for (key, _, _), (_, m) in zip(shown, scored)}
     write_json(run.path / "results.json", results)
     runs = collect_runs([s.shipped if s.folder is None else run.path / s.folder for s in stages])
-    labels_of = {str(run.path / folder): label for _, label, folder in ROWS}
+    labels_of = {str(run.path / folder): label for _, label, folder in shown}
     report = write_report(run.path / "report.html", runs, title=f"dtlabel demo: default data, {labels} labels",
                           row_labels=labels_of, grid_images=int(dc.get("grid_images", 6)), device=str(cfg.device),
                           progress=not quiet)
@@ -215,5 +231,5 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
           f"report: {report}", flush=True)
     log.info("results: %s, %s, %s", run.path / "results.md", run.path / "results.png", report)
     return {"labels": labels, "minutes": round((time.time() - t0) / 60, 2),
-            **{f"{key}_miou": results[key]["miou"] for key, _, _ in ROWS}}
+            **{f"{key}_miou": results[key]["miou"] for key, _, _ in shown}}
 
