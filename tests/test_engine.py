@@ -212,3 +212,22 @@ def test_budget_schedule_needs_a_budget() -> None:
 
     with pytest.raises(ConfigError, match="schedule=budget needs max_minutes"):
         _cfg(schedule="budget")
+
+
+def test_a_resumed_run_keeps_its_schedule(toy, tmp_path: Path) -> None:  # noqa: ANN001
+    """Under schedule=auto a budget given (or dropped) on --resume does not switch the lr schedule
+    mid-run: the checkpoint's schedule holds; an explicit other one is refused in one line."""
+    from dtlabel.errors import RunError
+
+    # started without a budget (steps), stopped, resumed with one: still steps
+    train(toy.Toy(), _cfg(steps=6, max_minutes=0), tmp_path / "steps", torch.device("cpu"), progress=False)
+    resumed = train(toy.Toy(), _cfg(steps=6, max_minutes=5), tmp_path / "steps", torch.device("cpu"), progress=False)
+    assert resumed.schedule == "steps" and resumed.steps == 6
+    # started under a budget (budget), resumed without one or with schedule=steps: refused
+    train(toy.Toy(sleep=0.05), _cfg(steps=1000, max_minutes=0.2 / 60), tmp_path / "budget", torch.device("cpu"),
+          progress=False)
+    with pytest.raises(RunError, match=r"follows \S*schedule=budget"):
+        train(toy.Toy(), _cfg(steps=1000), tmp_path / "budget", torch.device("cpu"), progress=False)
+    with pytest.raises(RunError, match=r"trained with \S*schedule=budget"):
+        train(toy.Toy(), _cfg(steps=1000, max_minutes=5, schedule="steps"), tmp_path / "budget",
+              torch.device("cpu"), progress=False)

@@ -91,8 +91,9 @@ def shipped_teacher(path: str) -> Path:
     if not p.exists():
         p = shipped_model(p) or p
     if not p.is_dir():
-        raise ConfigError(f"demo.teacher_model {path}: no teacher folder there; run dtlabel demo --fit-teacher "
-                          "to train one (see configs/demo/), or point demo.teacher_model at a teacher folder")
+        raise ConfigError(f"demo.teacher_model {path}: no teacher folder there (a relative path is taken from the "
+                          "working directory); run dtlabel demo --fit-teacher to train one (see configs/demo/), or "
+                          "point demo.teacher_model at a teacher folder")
     resolve_model_root(str(p))
     return p
 

@@ -66,6 +66,7 @@ class LoopConfig:
                                    # auto: budget when max_minutes is set (a time-bound run anneals), else steps
     loss_smoothing: float = 0.9    # weight of the running mean shown in the bar and logged as loss_ema
     allow_new_total: bool = False  # resume with another number of steps (the schedule stretches)
+    schedule_auto: bool = field(default=False, init=False)  # schedule was "auto": a resumed run keeps its own
 
     def __post_init__(self) -> None:
         if int(self.steps) < 1:
@@ -77,6 +78,7 @@ class LoopConfig:
         if self.schedule not in ("auto", "steps", "budget"):
             raise ConfigError(f"schedule={self.schedule}: expected auto, steps or budget")
         if self.schedule == "auto":
+            self.schedule_auto = True
             self.schedule = "budget" if self.max_minutes else "steps"
         if self.schedule == "budget" and not self.max_minutes:
             raise ConfigError("schedule=budget needs max_minutes > 0: the lr schedule ends with the time budget")
@@ -204,6 +206,7 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
                 tensors["best"] = selection.weights
             store.save(step, tensors, {"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
                                        "scaler": scaler.state_dict(), "total": total, "best": selection.record,
+                                       "schedule": cfg.schedule,
                                        "task": task.checkpoint_state(),
                                        "engine": {"loss_ema": loss_ema, "elapsed_s": elapsed_before + time.time() - t_start}})
         dist.barrier()
@@ -307,6 +310,7 @@ def _resume(task: Task, cfg: LoopConfig, store: CheckpointStore, opt: Any, sched
     if before not in (None, int(cfg.steps)) and not cfg.allow_new_total:
         raise RunError(f"--resume: the checkpoints in {store.folder.parent} were written for {before} steps, the "
                        f"config now gives {cfg.steps}; resume with the same settings")
+    _resume_schedule(cfg, state.get("schedule"), store.folder.parent, task.config_prefix)
     selection.record = state.get("best")
     selection.weights = tensors.get("best")
     # checkpoints written before the engine (fit-teacher runs) keep the task's state at the top level
@@ -314,6 +318,21 @@ def _resume(task: Task, cfg: LoopConfig, store: CheckpointStore, opt: Any, sched
     step = int(state["step"])
     log.info("%s: resumed from step %d of %d (%s)", task.name, step, cfg.steps, store.folder)
     return step, dict(state.get("engine") or {})
+
+
+def _resume_schedule(cfg: LoopConfig, saved: str | None, run_dir: Path, prefix: str) -> None:
+    """A resumed run keeps the lr schedule it started with: under ``schedule=auto`` the one its
+    checkpoint records (``steps`` for checkpoints from before it was recorded, the default then), so
+    a budget given or changed on resume does not switch it mid-run; an explicit other one is refused."""
+    key = f"{prefix}.schedule" if prefix else "schedule"
+    if cfg.schedule_auto:
+        cfg.schedule = saved or "steps"
+    elif saved is not None and saved != cfg.schedule:
+        raise RunError(f"--resume: {run_dir} was trained with {key}={saved}, the config now gives {cfg.schedule}; "
+                       f"resume with {key}={saved} (or {key}=auto)")
+    if cfg.schedule == "budget" and not cfg.max_minutes:
+        raise RunError(f"--resume: {run_dir} follows {key}=budget (its cosine ends with the time budget); resume "
+                       f"with {prefix + '.' if prefix else ''}max_minutes=M")
 
 
 def _forward_backward(task: Task, net: torch.nn.Module, batch: Any, step: int, device: torch.device,
