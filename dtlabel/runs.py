@@ -156,7 +156,7 @@ def _lock(path: Path) -> Any:
 def finished_command(path: Path) -> str | None:
     """The command of a finished run folder (its run.json), else None."""
     try:
-        return json.loads((path / "run.json").read_text()).get("command")
+        return json.loads((path / DESCRIPTOR).read_text()).get("command")
     except (OSError, ValueError, AttributeError):
         return None
 

@@ -104,7 +104,7 @@ class HeadTask(Task):
             min_lr_ratio=float(hc.min_lr_ratio), grad_clip=float(hc.grad_clip), amp=amp, seed=self.seed,
             log_every=int(hc.log_every), eval_every=self.per_epoch * int(hc.eval_every) if self.val_ids else 0,
             select=str(hc.select), checkpoint_every=self.per_epoch, keep_last=1, max_minutes=max_minutes,
-            schedule=str(hc.get("schedule", "auto")))
+            schedule=str(hc.get("schedule", "steps")))  # the head presets' default
 
     def batches(self, start_step: int) -> Iterator[Any]:
         sampler = IndexStream(self.n, self.batch, self.seed, start_step, self.total, self.rank, self.world)

@@ -178,7 +178,7 @@ class StudentTask(Task):
                           min_lr_ratio=float(sc.min_lr_ratio), grad_clip=float(sc.grad_clip), amp=self.amp,
                           seed=self.seed, log_every=int(sc.log_every), eval_every=self.epoch_steps,
                           select=str(sc.select), checkpoint_every=self.epoch_steps, keep_last=1, max_minutes=max_minutes,
-                          schedule=str(sc.get("schedule", "auto")))
+                          schedule=str(sc.get("schedule", "steps")))  # the student presets' default
 
     # ------------------------------------------------------------------ data
     def batches(self, start_step: int) -> Iterator[tuple[Any, Any]]:
