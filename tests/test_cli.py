@@ -137,3 +137,9 @@ def test_data_check_without_out_leaves_no_run_folder_and_says_its_counts_once(cl
     code, out, _ = cli("data", "check", "--preset", "tiny", "data.n_unlabeled=3")
     assert code == 0 and not (tmp_path / "runs").exists() and list(tmp_path.iterdir()) == []
     assert out.count("labeled,") == 1  # one summary line of the counts, not the loader's too
+
+
+def test_a_missing_config_folder_is_one_line(cli, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("DTLABEL_CONFIG_DIR", str(tmp_path / "none"))
+    code, _, err = cli("train-student", "--preset", "tiny", "--labels", "4")
+    assert code == 2 and err.count("\n") == 1 and "config folder not found" in err and "DTLABEL_CONFIG_DIR" in err

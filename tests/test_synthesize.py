@@ -182,6 +182,7 @@ def test_input_errors(models: tuple[Path, Path], tmp_path: Path, capsys: pytest.
     assert "synth.samples_per_shard=0 must be >= 1" in err("--n", "4", "--teacher", t, "--head", h,
                                                            "synth.samples_per_shard=0")
     assert "synth.image_format=gif" in err("--n", "4", "--teacher", t, "--head", h, "synth.image_format=gif")
+    assert "synth.pool_images=0 must be >= 1 or null" in err("--teacher", t, "--head", h, "synth.pool_images=0")
     assert "--images" in err("--images", str(tmp_path / "none"), "--teacher", t, "--head", h)
     (tmp_path / "empty").mkdir()
     assert "no images" in err("--images", str(tmp_path / "empty"), "--teacher", t, "--head", h)
