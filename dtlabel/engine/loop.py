@@ -1,6 +1,7 @@
 """The one training loop: a :class:`Task` in, trained weights and a :class:`TrainResult` out.
 
-What every training command gets from it: AdamW with linear warm-up + cosine decay, mixed precision
+What every training command gets from it: AdamW over the task's parameter groups (no weight decay on
+norm and bias parameters, an encoder lr multiplier; :mod:`dtlabel.engine.optim`) with linear warm-up + cosine decay, mixed precision
 (CUDA fp16/bf16, CPU bf16 as a switch), gradient accumulation over micro-batches, gradient
 clipping, a non-finite loss as one :class:`TrainingDiverged` line, DDP under torchrun, a tqdm bar
 with ETA, ``metrics.jsonl`` (training lines every ``log_every`` steps, one line per evaluation),
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from dtlabel import dist, interrupts, seeds
 from dtlabel.device import amp_dtype, autocast
+from dtlabel.engine import optim
 from dtlabel.engine.checkpoint import CheckpointStore
 from dtlabel.engine.schedule import warmup_cosine
 from dtlabel.engine.task import Task
@@ -48,6 +50,8 @@ class LoopConfig:
     steps: int
     lr: float
     weight_decay: float = 0.0
+    norm_bias_decay: bool = False  # true: weight decay on norm and bias parameters too (the rule before the groups)
+    encoder_lr_mult: float = 1.0   # lr of the task's "encoder" group / lr (a pretrained backbone under a new decoder)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
@@ -82,6 +86,8 @@ class LoopConfig:
             self.schedule = "budget" if self.max_minutes else "steps"
         if self.schedule == "budget" and not self.max_minutes:
             raise ConfigError("schedule=budget needs max_minutes > 0: the lr schedule ends with the time budget")
+        if not float(self.encoder_lr_mult) > 0:
+            raise ConfigError(f"encoder_lr_mult={self.encoder_lr_mult} must be > 0")
         for name in ("log_every", "keep_last"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
@@ -163,8 +169,11 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
     world, rank = dist.world_size(), dist.rank()
     model = task.model
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=float(cfg.lr), betas=tuple(float(b) for b in cfg.betas),  # type: ignore[arg-type]
-                            weight_decay=float(cfg.weight_decay))
+    store = CheckpointStore(run_dir / "checkpoints", cfg.keep_last, cfg.keep_every)
+    checkpoint = _read_checkpoint(task, store)
+    groups = optim.task_groups(task, cfg, None if checkpoint is None else checkpoint[1].get("param_groups", optim.LEGACY),
+                               store.folder.parent)
+    opt = optim.adamw(groups, cfg.betas)
     total = int(cfg.steps)
     by_steps = warmup_cosine(cfg.warmup_steps, total, cfg.min_lr_ratio)
     clock = {"fraction": 0.0}  # schedule=budget: training time so far / the budget, set before each step
@@ -176,9 +185,8 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    store = CheckpointStore(run_dir / "checkpoints", cfg.keep_last, cfg.keep_every)
     selection = _Selection(cfg.select, cfg.select_metric)
-    start, counters = _resume(task, cfg, store, opt, sched, scaler, selection, device)
+    start, counters = _resume(task, cfg, checkpoint, store, opt, sched, scaler, selection)
 
     net: torch.nn.Module = model
     if world > 1:
@@ -206,7 +214,7 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
                 tensors["best"] = selection.weights
             store.save(step, tensors, {"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
                                        "scaler": scaler.state_dict(), "total": total, "best": selection.record,
-                                       "schedule": cfg.schedule,
+                                       "schedule": cfg.schedule, "param_groups": [g["name"] for g in groups],
                                        "task": task.checkpoint_state(),
                                        "engine": {"loss_ema": loss_ema, "elapsed_s": elapsed_before + time.time() - t_start}})
         dist.barrier()
@@ -255,7 +263,7 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
                 if dist.is_main() and (done % int(cfg.log_every) == 0 or done == total):
                     rec = {"step": done, **task.log_fields(step), "loss": round(loss, 6),
                            **{k: round(v, 6) for k, v in logged.items() if k != "loss"},
-                           "loss_ema": round(loss_ema, 6), "lr": sched.get_last_lr()[0]}
+                           "loss_ema": round(loss_ema, 6), "lr": sched.get_last_lr()[0]}  # the first group's
                     if task.images_per_step:
                         rec["images_per_s"] = round(seen / max(elapsed, 1e-9), 3)
                     rec["elapsed_s"] = round(elapsed_before + elapsed, 1)
@@ -292,15 +300,24 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
                        cfg.schedule)
 
 
-def _resume(task: Task, cfg: LoopConfig, store: CheckpointStore, opt: Any, sched: Any, scaler: Any,
-            selection: _Selection, device: torch.device) -> tuple[int, dict[str, Any]]:
-    """Load the latest checkpoint, if any; returns the step to continue from and the engine's counters."""
+def _read_checkpoint(task: Task, store: CheckpointStore) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(tensors, state)`` of the latest checkpoint, or None for a new run."""
     if store.latest() is None:
-        return 0, {}
+        return None
     tensors, state = store.load(device="cpu")
     if task.model_key not in tensors:
         raise RunError(f"{store.folder}: the checkpoint holds no {task.model_key} weights; it was not written by "
                        f"{task.name}")
+    return tensors, state
+
+
+def _resume(task: Task, cfg: LoopConfig, checkpoint: tuple[dict[str, Any], dict[str, Any]] | None,
+            store: CheckpointStore, opt: Any, sched: Any, scaler: Any,
+            selection: _Selection) -> tuple[int, dict[str, Any]]:
+    """Restore the latest checkpoint, if any; returns the step to continue from and the engine's counters."""
+    if checkpoint is None:
+        return 0, {}
+    tensors, state = checkpoint
     task.model.load_state_dict(tensors[task.model_key])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["lr_scheduler"])

@@ -10,6 +10,9 @@ engine (:func:`dtlabel.engine.train`) does those the same way for every command.
   :mod:`dtlabel.seeds` positions, never from a generator carried across steps).
 - ``training_step(model, batch, step) -> {"loss": tensor, ...}``: named losses of one (micro-)batch;
   ``model`` is the possibly DDP-wrapped module to call. ``"loss"`` is what is minimised.
+- ``parameter_groups()``: optional ``{name: parameters}`` of the trainable parameters (default one
+  group, ``"model"``); the group named ``"encoder"`` trains at ``LoopConfig.encoder_lr_mult`` x lr.
+  Norm and bias parameters of every group take no weight decay (:mod:`dtlabel.engine.optim`).
 - ``micro_batches(batch, step)``: optional split of a batch into ``(part, weight)`` pairs whose
   gradients accumulate (weights sum to 1), bounding activation memory.
 - ``after_step(step)``: optional, e.g. an EMA update.
@@ -46,6 +49,10 @@ class Task(ABC):
     @abstractmethod
     def training_step(self, model: torch.nn.Module, batch: Any, step: int) -> dict[str, torch.Tensor]:
         """Named losses of one batch; ``"loss"`` (a scalar with grad) is minimised."""
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The trainable parameters by group name (the first group's lr is the one logged)."""
+        return {"model": [p for p in self.model.parameters() if p.requires_grad]}
 
     def micro_batches(self, batch: Any, step: int) -> Sequence[tuple[Any, float]]:
         return [(batch, 1.0)]

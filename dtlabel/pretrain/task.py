@@ -87,6 +87,12 @@ class PretrainTask(Task):
                           keep_last=int(pc.keep_checkpoints), keep_every=int(pc.get("keep_every") or 0),
                           max_minutes=max_minutes, schedule=str(pc.get("schedule", "auto")))
 
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The regressor, projections (and logits) first, then the backbone as ``encoder``."""
+        own = {id(p) for p in self.model.backbone.parameters()}
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in own]
+        return {"regressor": rest, "encoder": [p for p in self.model.backbone.parameters() if p.requires_grad]}
+
     def batches(self, start_step: int) -> Iterator[Any]:
         sampler = IndexStream(self.n, self.batch, self.seed, start_step, self.total, self.rank, self.world)
         return iter(DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers))

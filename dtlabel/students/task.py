@@ -167,6 +167,16 @@ class StudentTask(Task):
         self.total = int(sc.epochs) * self.epoch_steps
         self.images_per_step = bs * self.world
 
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The decoder and head first (their lr is the one logged), then the encoder
+        (``optim.encoder_lr_mult``: a pretrained ``--backbone`` under a new decoder)."""
+        encoder = getattr(self.model, "encoder", None)
+        if encoder is None:
+            return super().parameter_groups()
+        own = {id(p) for p in encoder.parameters()}
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in own]
+        return {"decoder": rest, "encoder": [p for p in encoder.parameters() if p.requires_grad]}
+
     @property
     def mode(self) -> str:
         return "+".join(p for p, on in (("synth", self.synth is not None), ("real", self.n_labels > 0)) if on)
