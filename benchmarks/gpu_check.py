@@ -26,7 +26,7 @@ a cut run still returns what it measured)::
    side-by-side of NCHW against channels_last for the student and the teacher UNet.
 4. ``teachers``: the rest of the time (``--teacher-minutes`` is kept for it: throughput rows that
    would cut into it are skipped) trains two teachers side by side on the one GPU, both small and
-   launch-bound there, both annealed by ``fit.schedule=budget``: a CCP teacher (the cpu preset's
+   launch-bound there, both annealed by ``fit.optim.schedule=budget``: a CCP teacher (the cpu preset's
    8.19M UNet, whose fp16 export stays under 16 MiB) at 192x128, and the default data's teacher
    (``models/default``'s 4.33M UNet at 64x64, the demo's). Their folders come back as
    ``teacher.tar`` and ``default_teacher.tar`` (the latter with its samples, metrics and run.json).
@@ -311,16 +311,16 @@ def teacher_plans(data: list[str], device: str, tiny: bool, work: Path, minutes:
     ``ccp``: the cpu preset's 8.19M UNet at 192x128 on CCP (fp16 export under 16 MiB). ``default``:
     the demo's teacher (``models/default``: the 4.33M UNet at 64x64 on the default data's label-free
     pool, dtlabel/configs/demo/cpu.yaml), trained here two orders of magnitude longer than a CPU hour gives.
-    Both anneal by time (``fit.schedule=budget``) so that the last steps are taken at a low rate.
+    Both anneal by time (``fit.optim.schedule=budget``) so that the last steps are taken at a low rate.
     """
-    common = ["fit.steps=1000000", "fit.schedule=budget", f"fit.max_minutes={minutes:.2f}", "fit.warmup_steps=200",
+    common = ["fit.steps=1000000", "fit.optim.schedule=budget", f"fit.max_minutes={minutes:.2f}", "fit.optim.warmup_steps=200",
               "fit.export_dtype=fp16", "fit.checkpoint_every=1000", "fit.sample_n=16",
               "fit.log_every=10" if tiny else "fit.log_every=100", "num_workers=0" if tiny else "num_workers=6", "-q"]
     ccp = ["fit-teacher", "--preset", "tiny" if tiny else "cpu", "--device", device, *data, f"fit.batch_size={batch}",
-           f"fit.lr={lr}", *common] + ([] if tiny else ["fit.size=[192,128]"])
+           f"fit.optim.lr={lr}", *common] + ([] if tiny else ["fit.size=[192,128]"])
     default_data = data if tiny else ["data=default"]
     default = ["fit-teacher", "--preset", "tiny" if tiny else "cpu", "--device", device, *default_data,
-               f"fit.batch_size={default_batch}", f"fit.lr={default_lr}", *common]
+               f"fit.batch_size={default_batch}", f"fit.optim.lr={default_lr}", *common]
     if not tiny:
         default += ["fit.scale=1.0", "fit.model.block_out_channels=[32,64,128,128]"]
     return [("ccp", [*ccp, "--out", str(work / "teacher")], work / "teacher"),

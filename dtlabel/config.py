@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dtlabel.errors import ConfigError, did_you_mean
+from dtlabel.schema import check_command, renamed
 
 _ENV_DIR = "DTLABEL_CONFIG_DIR"
 
@@ -89,98 +90,25 @@ def compose(command: str, overrides: Sequence[str] = ()) -> DictConfig:
         except HydraException as exc:
             raise _key_error(name, exc, overrides) from None
         values = [o for o in overrides if not _is_group_override(o)]
-        if values:
-            reference = hydra_compose(config_name=name, overrides=[o for o in overrides if _is_group_override(o)])
-            check_value_types(reference, values)
+        reference = hydra_compose(config_name=name, overrides=[o for o in overrides if _is_group_override(o)]) \
+            if values else None
+        check_command(name, cfg, _given(values), reference)
         return cfg
+
+
+def _given(overrides: Sequence[str]) -> dict[str, str]:
+    """The user's value overrides by key, as typed (``{"head.epochs": "0"}``), for error messages."""
+    given = {}
+    for ov in overrides:
+        m = _OVERRIDE.match(ov)
+        if m:
+            given[m.group("key")] = m.group("value")
+    return given
 
 
 def _is_group_override(ov: str) -> bool:
     key = ov.split("=", 1)[0].lstrip("+~")
     return "." not in key and key in groups()
-
-
-# The type of keys whose default is null (``max_minutes: null`` and the like), by their last name;
-# keys with a non-null default are checked against the type of that default.
-NULLABLE_TYPES: dict[str, str] = {
-    "max_minutes": "number", "lr": "number", "weight_decay": "number",
-    "keep_every": "integer", "steps": "integer", "teacher_batch": "integer", "micro_batch": "integer",
-    "label_seed": "integer", "hidden": "integer", "epoch_steps": "integer", "base_seed": "integer",
-    "sample_steps": "integer", "labels": "integer", "n": "integer", "size": "size", "snr_gamma": "number",
-    "unlabeled_batch_size": "integer", "pool_images": "integer",
-}
-# keys whose null means "off / automatic" in every preset, even where a preset sets a value
-# (head.teacher_batch=null: the whole batch in one teacher pass)
-NULL_MEANS_AUTO = {"teacher_batch", "micro_batch", "max_minutes", "keep_every", "epoch_steps", "label_seed", "lr",
-                   "weight_decay", "hidden", "size", "snr_gamma", "pool_images",
-                   "pretrain.steps"}  # a full key: null -> epochs x passes, where the cpu preset sets steps
-                                      # (fit.steps has no null)
-
-
-def _kind(value: object) -> str | None:
-    """What a config value must stay: number, integer, boolean, size (int or [H, W]), or None (free)."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, (ListConfig, list)) and value and all(isinstance(v, int) and not isinstance(v, bool)
-                                                              for v in value):
-        return "integers"
-    if isinstance(value, (ListConfig, list)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                              for v in value):
-        return "numbers"
-    return None
-
-
-def _fits(value: object, kind: str) -> bool:
-    def num(v: object) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    def whole(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    seq = isinstance(value, (ListConfig, list, tuple))
-    return {
-        "boolean": lambda: isinstance(value, bool),
-        "integer": lambda: whole(value),
-        "number": lambda: num(value),
-        "integers": lambda: seq and all(whole(v) for v in value),  # type: ignore[union-attr]
-        "numbers": lambda: seq and all(num(v) for v in value),  # type: ignore[union-attr]
-        "size": lambda: seq and len(value) == 2 and all(whole(v) for v in value),  # type: ignore[arg-type, union-attr]
-    }[kind]()
-
-
-_KIND_WORDS = {"boolean": "true or false", "integer": "a whole number", "number": "a number",
-               "integers": "a list of whole numbers, e.g. [64,64]", "numbers": "a list of numbers",
-               "size": "[H,W], two whole numbers"}
-
-
-def check_value_types(reference: DictConfig, overrides: Sequence[str]) -> None:
-    """Refuse an override whose value is not of its key's type (``fit.lr=abc``, ``fit.steps=1.5``).
-
-    ``reference`` is the config composed without the value overrides: a key keeps the type of its
-    default there, or, where the default is null, the type :data:`NULLABLE_TYPES` names; ``null``
-    itself is accepted where the default is null or a list (``head.scale=null`` turns jitter off), and
-    for the keys of :data:`NULL_MEANS_AUTO` (``head.teacher_batch=null`` under the cpu preset).
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    for ov, parsed in zip(overrides, OverridesParser.create().parse_overrides(list(overrides))):
-        if parsed.is_delete() or parsed.is_sweep_override():
-            continue
-        key, value = parsed.key_or_group, parsed.value()
-        default = OmegaConf.select(reference, key, default=None, throw_on_missing=False)
-        kind = _kind(default) if default is not None else NULLABLE_TYPES.get(key.rsplit(".", 1)[-1])
-        auto = key in NULL_MEANS_AUTO or key.rsplit(".", 1)[-1] in NULL_MEANS_AUTO
-        if kind is None or (value is None and (default is None or auto or kind in ("integers", "numbers"))):
-            continue  # null stays allowed where the default is null, and for lists (scale=null: off)
-        if not _fits(value, kind):
-            raw = ov.split("=", 1)[1]
-            shown = f" (default {OmegaConf.to_container(default) if isinstance(default, ListConfig) else default})" \
-                if default is not None else ""
-            raise ConfigError(f"{key}={raw}: expected {_KIND_WORDS[kind]}{shown}")
 
 
 def _group_error(exc: Exception, overrides: Sequence[str]) -> ConfigError:
@@ -202,6 +130,9 @@ def _key_error(name: str, exc: Exception, overrides: Sequence[str]) -> ConfigErr
     m = re.search(r"Could not override '([^']+)'", msg) or re.search(r"Key '([^']+)' is not in struct", msg)
     if m:
         key = m.group(1)
+        hint = renamed(key)
+        if hint:
+            return ConfigError(hint)
         # Compose again without the user's plain key overrides to list the keys that do exist.
         groups_only = [o for o in overrides if "." not in o.split("=", 1)[0] and o.split("=", 1)[0] in groups()]
         try:
@@ -215,7 +146,7 @@ def _key_error(name: str, exc: Exception, overrides: Sequence[str]) -> ConfigErr
             siblings = [k.rsplit(".", 1)[-1] for k in known if k.startswith(parent + ".") and k.count(".") == key.count(".")]
             if siblings:
                 hint = f" (keys under '{parent}': {', '.join(sorted(siblings)[:12])})"
-        return ConfigError(f"unknown config key '{key}'{hint}; use +{key}=VALUE only to add a new key on purpose")
+        return ConfigError(f"unknown config key '{key}'{hint}")
     return ConfigError(" ".join(msg.split())[:300])
 
 

@@ -52,7 +52,7 @@ def test_unknown_nested_key_lists_siblings() -> None:
 
 def test_pretrain_steps_null_plans_from_epochs_where_the_preset_sets_steps() -> None:
     cpu = compose("pretrain", ["preset=cpu"])
-    assert cpu.pretrain.steps == 1000 and cpu.pretrain.warmup_steps == 60  # the best measured CCP configuration
+    assert cpu.pretrain.steps == 1000 and cpu.pretrain.optim.warmup_steps == 60  # the best measured CCP configuration
     assert compose("pretrain", ["preset=cpu", "pretrain.steps=null"]).pretrain.steps is None  # epochs decide
     with pytest.raises(ConfigError, match="fit.steps=null: expected a whole number"):  # no epochs to fall back on
         compose("fit_teacher", ["preset=cpu", "fit.steps=null"])

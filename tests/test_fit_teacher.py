@@ -229,7 +229,7 @@ def test_keep_every_keeps_checkpoints_for_good(tmp_path: Path) -> None:
     from dtlabel.teachers.fit import checkpoint_steps
 
     out = tmp_path / "keep"
-    assert main([*ARGS, "fit.keep_checkpoints=1", "fit.keep_every=2", "fit.steps=5", "fit.checkpoint_every=1",
+    assert main([*ARGS, "fit.keep_last=1", "fit.keep_every=2", "fit.steps=5", "fit.checkpoint_every=1",
                  "--out", str(out)]) == 0
     assert checkpoint_steps(out) == [2, 4, 5]
 
@@ -254,7 +254,7 @@ def test_init_from_trains_an_existing_teacher_further(full_run: Path, tmp_path: 
 
     # lr 0: the weights stay those of the initial teacher (proves they were loaded, whatever fit.model says)
     frozen = tmp_path / "frozen"
-    assert main([*ARGS, "fit.steps=2", "fit.lr=0", f"fit.init_from={full_run}", "fit.model.block_out_channels=[8,8,8]",
+    assert main([*ARGS, "fit.steps=2", "fit.optim.lr=0", f"fit.init_from={full_run}", "fit.model.block_out_channels=[8,8,8]",
                  "--out", str(frozen)]) == 0
     assert _same(_weights(frozen), _weights(full_run))
     meta = json.loads((frozen / "teacher" / "dtlabel_teacher.json").read_text())
@@ -304,12 +304,12 @@ def test_a_teacher_stopped_by_its_budget_is_noted_in_the_log_when_used(tmp_path:
     assert noted and all(r.levelno == logging.INFO for r in noted)  # the log, not a warning on every later command
     # a budget-scheduled run annealed by its budget's end: said so, without asking for --resume
     annealed = tmp_path / "annealed"
-    assert main([*ARGS, "fit.max_minutes=0.0001", "fit.schedule=budget", "--out", str(annealed)]) == 0
+    assert main([*ARGS, "fit.max_minutes=0.0001", "fit.optim.schedule=budget", "--out", str(annealed)]) == 0
     caplog.clear()
     with caplog.at_level(logging.INFO):
         load_teacher(annealed)
     said = [r.getMessage() for r in caplog.records if "time budget" in r.getMessage()]
-    assert len(said) == 1 and "fit.schedule=budget" in said[0] and "--resume" not in said[0]
+    assert len(said) == 1 and "fit.optim.schedule=budget" in said[0] and "--resume" not in said[0]
 
 
 def test_teacher_loss_benchmark_scores_teachers_on_fixed_noise(full_run: Path, tmp_path: Path) -> None:

@@ -240,7 +240,7 @@ def test_unknown_amp_mode(cli, tmp_path: Path) -> None:  # noqa: ANN001
 def test_init_from_a_student_run_starts_from_its_weights(scratch: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     """The second stage of a two-stage recipe starts from the first stage's whole student."""
     out = tmp_path / "stage2"
-    assert main(["train-student", *TINY, "--labels", "8", "--init", str(scratch), "student.lr=0", "student.epochs=1",
+    assert main(["train-student", *TINY, "--labels", "8", "--init", str(scratch), "student.optim.lr=0", "student.epochs=1",
                  "--out", str(out)]) == 0
     a, b = (load_file(str(p / "student" / "student.safetensors")) for p in (scratch, out))
     convs = [k for k in a if k.endswith(".weight") and a[k].ndim == 4]

@@ -31,7 +31,7 @@ from dtlabel.heads.reading import TeacherFeatures, open_head_with_teacher
 from dtlabel.pretrain.export import BACKBONE, save_backbone, save_feature_pca
 from dtlabel.pretrain.losses import teacher_norm
 from dtlabel.pretrain.model import STRIDES, DistillationNet, create_backbone, match_levels
-from dtlabel.pretrain.task import PretrainTask, check_pretrain_options
+from dtlabel.pretrain.task import PretrainTask
 from dtlabel.report import save_training_curves
 from dtlabel.runs import Run, read_run
 from dtlabel.teachers import resolve_model_root, teacher_from_config
@@ -45,7 +45,6 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     if not cfg.inputs.get("teacher"):
         raise ConfigError("pretrain needs --teacher DIR (a fit-teacher run folder or a local diffusers model folder)")
     resolve_model_root(str(cfg.inputs.teacher))
-    check_pretrain_options(pc)
     if cfg.inputs.get("head"):
         read_run(str(cfg.inputs.head), "train-head", "--head")
     device = dist.init_from_env(select_device(cfg.device))

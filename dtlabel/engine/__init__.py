@@ -10,8 +10,8 @@ fit-teacher, train-head and train-student are tasks; a new training command is o
 """
 
 from dtlabel.engine.checkpoint import CheckpointStore
-from dtlabel.engine.loop import METRICS, LoopConfig, TrainResult, train
+from dtlabel.engine.loop import METRICS, LoopConfig, OptimConfig, TrainResult, train
 from dtlabel.engine.schedule import warmup_cosine
 from dtlabel.engine.task import Task
 
-__all__ = ["METRICS", "CheckpointStore", "LoopConfig", "Task", "TrainResult", "train", "warmup_cosine"]
+__all__ = ["METRICS", "CheckpointStore", "LoopConfig", "OptimConfig", "Task", "TrainResult", "train", "warmup_cosine"]

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +44,30 @@ METRICS = "metrics.jsonl"
 
 
 @dataclass
-class LoopConfig:
-    """How to train: the engine's settings, taken from a command's config section."""
+class OptimConfig:
+    """The optimiser and its lr schedule: the ``optim`` sub-section of every training section
+    (``fit.optim``, ``head.optim``, ``student.optim``, ``pretrain.optim``), the same names everywhere.
 
-    steps: int
-    lr: float
-    weight_decay: float = 0.0
-    norm_bias_decay: bool = False  # true: weight decay on norm and bias parameters too (the rule before the groups)
-    encoder_lr_mult: float = 1.0   # lr of the task's "encoder" group / lr (a pretrained backbone under a new decoder)
+    ``lr`` and ``weight_decay`` may be null where the task has its own default (a head's kind)."""
+
+    lr: float | None = 1e-3
+    weight_decay: float | None = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
-    grad_clip: float = 0.0
+    grad_clip: float = 0.0          # max global gradient norm (0: off)
+    norm_bias_decay: bool = False   # true: weight decay on norm and bias parameters too (the rule before the groups)
+    encoder_lr_mult: float = 1.0    # lr of the task's "encoder" group / lr (a pretrained backbone under a new decoder)
+    schedule: str = "auto"          # steps: the cosine spans `steps` | budget: it also ends when `max_minutes` does |
+                                    # auto: budget when max_minutes is set (a time-bound run anneals), else steps
+
+
+@dataclass
+class LoopConfig(OptimConfig):
+    """How to train: a section's :class:`OptimConfig` plus what the task decides (steps, evaluation,
+    checkpoints, the run's budget and seed). ``LoopConfig.of(optim, steps=..., ...)`` builds one."""
+
+    steps: int = 0
     amp: str = "auto"
     seed: int = 0
     log_every: int = 1
@@ -66,13 +78,20 @@ class LoopConfig:
     keep_last: int = 2
     keep_every: int = 0
     max_minutes: float | None = None
-    schedule: str = "auto"         # steps: the cosine spans `steps` | budget: it also ends when `max_minutes` does |
-                                   # auto: budget when max_minutes is set (a time-bound run anneals), else steps
     loss_smoothing: float = 0.9    # weight of the running mean shown in the bar and logged as loss_ema
     allow_new_total: bool = False  # resume with another number of steps (the schedule stretches)
     schedule_auto: bool = field(default=False, init=False)  # schedule was "auto": a resumed run keeps its own
 
+    @classmethod
+    def of(cls, optim: OptimConfig, **task: Any) -> LoopConfig:
+        """The loop settings of ``optim`` with the task's own fields (``steps``, ``lr`` where the
+        section leaves it null, ...) laid over it."""
+        values = {f.name: getattr(optim, f.name) for f in fields(OptimConfig)}
+        return cls(**{**values, **task})
+
     def __post_init__(self) -> None:
+        if self.lr is None or self.weight_decay is None:
+            raise ConfigError("the task must give lr and weight_decay where its section leaves them null")
         if int(self.steps) < 1:
             raise ConfigError(f"the number of training steps must be >= 1, got {self.steps}")
         if self.select not in ("best", "last"):

@@ -25,6 +25,7 @@ from dtlabel import dist, seeds
 from dtlabel.data.base import LabeledSource
 from dtlabel.data.streams import IndexStream, PositionedDataset
 from dtlabel.data.transforms import SegmentationDataset, build_transform
+from dtlabel.schema import Optim, section
 from dtlabel.engine import LoopConfig, Task
 from dtlabel.errors import ConfigError
 from dtlabel.evaluation import evaluate_segmentation
@@ -33,18 +34,9 @@ from dtlabel.heads.reading import TeacherFeatures, head_predictor
 
 
 def check_head_options(hc: DictConfig) -> None:
-    """One-line errors for values of the ``head`` section no head can train with."""
-    for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "log_every", "cache_draws"):
-        if int(hc[key]) < 1:
-            raise ConfigError(f"head.{key}={hc[key]} must be >= 1")
-    for key in ("steps", "micro_batch", "teacher_batch"):
-        if hc.get(key) is not None and int(hc[key]) < 1:
-            raise ConfigError(f"head.{key}={hc[key]} must be >= 1 or null")
-    if int(hc.val_size) < 0 or int(hc.overlays) < 0 or int(hc.warmup_steps) < 0:
-        raise ConfigError("head.val_size, head.overlays and head.warmup_steps must be >= 0")
-    if str(hc.select) not in ("best", "last"):
-        raise ConfigError(f"head.select={hc.select}: expected best or last")
-    if hc.get("scale") is not None and (len(hc.scale) != 2 or not 0 < float(hc.scale[0]) <= float(hc.scale[1])):
+    """The one check of the ``head`` section its schema cannot make (types and ranges are the
+    schema's, :class:`dtlabel.schema.HeadSection`)."""
+    if hc.get("scale") is not None and not 0 < float(hc.scale[0]) <= float(hc.scale[1]):
         raise ConfigError(f"head.scale={list(hc.scale)}: expected [min, max] with 0 < min <= max, or null")
 
 
@@ -97,14 +89,13 @@ class HeadTask(Task):
 
     def loop_config(self, amp: str, max_minutes: float | None) -> LoopConfig:
         hc, head = self.hc, self.head
-        return LoopConfig(
-            steps=self.total, lr=float(hc.lr) if hc.get("lr") is not None else head.default_lr,
-            weight_decay=float(hc.weight_decay) if hc.get("weight_decay") is not None else head.default_weight_decay,
-            betas=tuple(float(b) for b in hc.betas), warmup_steps=int(hc.warmup_steps),  # type: ignore[arg-type]
-            min_lr_ratio=float(hc.min_lr_ratio), grad_clip=float(hc.grad_clip), amp=amp, seed=self.seed,
-            log_every=int(hc.log_every), eval_every=self.per_epoch * int(hc.eval_every) if self.val_ids else 0,
-            select=str(hc.select), checkpoint_every=self.per_epoch, keep_last=1, max_minutes=max_minutes,
-            schedule=str(hc.get("schedule", "steps")))  # the head presets' default
+        optim = section(hc.optim, Optim)
+        return LoopConfig.of(
+            optim, steps=self.total, lr=head.default_lr if optim.lr is None else optim.lr,
+            weight_decay=head.default_weight_decay if optim.weight_decay is None else optim.weight_decay,
+            amp=amp, seed=self.seed, log_every=int(hc.log_every),
+            eval_every=self.per_epoch * int(hc.eval_every) if self.val_ids else 0,
+            select=str(hc.select), checkpoint_every=self.per_epoch, keep_last=1, max_minutes=max_minutes)
 
     def batches(self, start_step: int) -> Iterator[Any]:
         sampler = IndexStream(self.n, self.batch, self.seed, start_step, self.total, self.rank, self.world)

@@ -23,31 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from dtlabel import dist, seeds
 from dtlabel.data.streams import IndexStream, PositionedDataset
+from dtlabel.schema import Optim, section
 from dtlabel.engine import LoopConfig, Task
 from dtlabel.errors import ConfigError
 from dtlabel.heads.reading import TeacherFeatures
 from dtlabel.losses import kd_loss
-from dtlabel.pretrain.losses import NORMS, feature_distillation_loss
+from dtlabel.pretrain.losses import feature_distillation_loss
 from dtlabel.pretrain.model import DistillationNet
-
-
-def check_pretrain_options(pc: DictConfig) -> None:
-    """One-line errors for values of the ``pretrain`` section nothing can train with."""
-    for key in ("batch_size", "width", "log_every", "checkpoint_every", "epochs"):
-        if int(pc[key]) < 1:
-            raise ConfigError(f"pretrain.{key}={pc[key]} must be >= 1")
-    if int(pc.get("cache_draws") or 0) < 0:
-        raise ConfigError(f"pretrain.cache_draws={pc.cache_draws} must be >= 0 (0: online features, no cache)")
-    if pc.get("steps") is not None and int(pc.steps) < 1:
-        raise ConfigError(f"pretrain.steps={pc.steps} must be >= 1 or null")
-    if str(pc.teacher_norm) not in NORMS:
-        raise ConfigError(f"pretrain.teacher_norm={pc.teacher_norm}: expected one of {', '.join(NORMS)}")
-    for key in ("base_lr", "tau"):
-        if float(pc[key]) <= 0:
-            raise ConfigError(f"pretrain.{key}={pc[key]} must be > 0")
-    for key in ("at_weight", "mse_weight", "kd_weight"):
-        if float(pc[key]) < 0:
-            raise ConfigError(f"pretrain.{key}={pc[key]} must be >= 0")
 
 
 class PretrainTask(Task):
@@ -75,17 +57,15 @@ class PretrainTask(Task):
         self.per_epoch = math.ceil(self.n / self.batch)
         self.total = int(pc.steps) if pc.get("steps") is not None else int(pc.epochs) * self.per_epoch
         self.images_per_step = self.batch
-        self.lr = float(pc.base_lr) * self.batch / 256  # the paper's lr at batch 256, scaled linearly
+        self.lr = float(pc.optim.lr)
         self.cache_draws = int(pc.get("cache_draws") or 0)  # 0: fresh noise every pass
 
     def loop_config(self, amp: str, max_minutes: float | None) -> LoopConfig:
         pc = self.pc
-        return LoopConfig(steps=self.total, lr=self.lr, weight_decay=float(pc.weight_decay),
-                          betas=tuple(float(b) for b in pc.betas), warmup_steps=int(pc.warmup_steps),  # type: ignore[arg-type]
-                          min_lr_ratio=float(pc.min_lr_ratio), grad_clip=float(pc.grad_clip), amp=amp, seed=self.seed,
-                          log_every=int(pc.log_every), checkpoint_every=int(pc.checkpoint_every),
-                          keep_last=int(pc.keep_checkpoints), keep_every=int(pc.get("keep_every") or 0),
-                          max_minutes=max_minutes, schedule=str(pc.get("schedule", "auto")))
+        return LoopConfig.of(section(pc.optim, Optim), steps=self.total, amp=amp, seed=self.seed,
+                             log_every=int(pc.log_every), checkpoint_every=int(pc.checkpoint_every),
+                             keep_last=int(pc.keep_last), keep_every=int(pc.get("keep_every") or 0),
+                             max_minutes=max_minutes)
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """The regressor, projections (and logits) first, then the backbone as ``encoder``."""

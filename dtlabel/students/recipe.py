@@ -76,7 +76,7 @@ def train_recipe(task: StudentTask, sc: DictConfig, run_dir: Path, device: torch
     if dist.is_main():
         save_training_curves(run_dir / STAGE1, f"train-student stage 1 {title} ({task.mode})")
     # stage 2 follows stage 1's schedule (auto resolved by the user's budget, not by what is left of it)
-    task = stage2(OmegaConf.merge(sc, {"epochs": stage2_epochs(sc), "schedule": result.schedule}))
+    task = stage2(OmegaConf.merge(sc, {"epochs": stage2_epochs(sc), "optim": {"schedule": result.schedule}}))
     # max_minutes is this session's wall time: stage 2 gets what stage 1 left of it (at least one step)
     left = None if budget is None else max(float(budget) - (time.time() - started) / 60, 1e-6)
     result = train(task, task.loop_config(left), run_dir, device, progress)

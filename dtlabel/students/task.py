@@ -30,6 +30,7 @@ from dtlabel.data.base import LabeledSource
 from dtlabel.data.streams import IndexStream, PositionedDataset
 from dtlabel.data.transforms import SegmentationDataset, build_transform
 from dtlabel.device import amp_dtype, autocast
+from dtlabel.schema import Optim, section
 from dtlabel.engine import LoopConfig, Task
 from dtlabel.errors import ConfigError, DataError
 from dtlabel.evaluation import Evaluation, evaluate_segmentation
@@ -39,38 +40,9 @@ from dtlabel.synth.augment import augment_synth, collate_synth
 
 
 def check_student_options(sc: DictConfig) -> None:
-    """One-line errors for values of the ``student`` section no student can train with."""
-    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
-        if int(sc[key]) < 1:
-            raise ConfigError(f"student.{key}={sc[key]} must be >= 1")
-    if sc.get("epoch_steps") is not None and int(sc.epoch_steps) < 1:
-        raise ConfigError(f"student.epoch_steps={sc.epoch_steps} must be >= 1 or null")
-    if sc.get("stage2_epochs") is not None and int(sc.stage2_epochs) < 0:
-        raise ConfigError(f"student.stage2_epochs={sc.stage2_epochs} must be >= 0 (0 = one stage)")
-    if int(sc.val_size) < 0 or int(sc.overlays) < 0 or int(sc.warmup_steps) < 0 or int(sc.shuffle_buffer) < 0:
-        raise ConfigError("student.val_size, overlays, warmup_steps and shuffle_buffer must be >= 0")
-    if str(sc.select) not in ("best", "last"):
-        raise ConfigError(f"student.select={sc.select}: expected best or last")
-    if str(sc.synth_loss) not in ("soft", "hard"):
-        raise ConfigError(f"student.synth_loss={sc.synth_loss}: expected soft (KD on stored logits) or hard")
-    if float(sc.tau) <= 0:
-        raise ConfigError(f"student.tau={sc.tau} must be > 0")
-    if not 0.0 <= float(sc.drop_uncertain) < 1.0:
-        raise ConfigError(f"student.drop_uncertain={sc.drop_uncertain} must be in [0, 1)")
-    if not 0.0 < float(sc.real_ratio) < 1.0:
-        raise ConfigError(f"student.real_ratio={sc.real_ratio} must be in (0, 1) (share of real images per batch)")
-    if sc.get("unlabeled") not in (None, "unimatch"):
-        raise ConfigError(f"student.unlabeled={sc.unlabeled}: expected null or unimatch")
-    um = sc.get("unimatch")
-    if sc.get("unlabeled") == "unimatch" and um is not None:
-        if not 0.0 <= float(um.threshold) <= 1.0:
-            raise ConfigError(f"student.unimatch.threshold={um.threshold} must be in [0, 1]")
-        if not 0.0 <= float(um.fp_dropout) < 1.0 or not 0.0 <= float(um.cutmix) <= 1.0:
-            raise ConfigError("student.unimatch.fp_dropout must be in [0, 1) and student.unimatch.cutmix in [0, 1]")
-        if um.get("unlabeled_batch_size") is not None and int(um.unlabeled_batch_size) < 2:
-            raise ConfigError(f"student.unimatch.unlabeled_batch_size={um.unlabeled_batch_size} must be >= 2 (CutMix "
-                              "pairs images of a batch) or null")
-    if sc.get("scale") is not None and (len(sc.scale) != 2 or not 0 < float(sc.scale[0]) <= float(sc.scale[1])):
+    """The one check of the ``student`` section its schema cannot make (types, choices and ranges
+    are the schema's, :class:`dtlabel.schema.StudentSection`)."""
+    if sc.get("scale") is not None and not 0 < float(sc.scale[0]) <= float(sc.scale[1]):
         raise ConfigError(f"student.scale={list(sc.scale)}: expected [min, max] with 0 < min <= max, or null")
 
 
@@ -183,12 +155,9 @@ class StudentTask(Task):
 
     def loop_config(self, max_minutes: float | None) -> LoopConfig:
         sc = self.sc
-        return LoopConfig(steps=self.total, lr=float(sc.lr), weight_decay=float(sc.weight_decay),
-                          betas=tuple(float(b) for b in sc.betas), warmup_steps=int(sc.warmup_steps),  # type: ignore[arg-type]
-                          min_lr_ratio=float(sc.min_lr_ratio), grad_clip=float(sc.grad_clip), amp=self.amp,
-                          seed=self.seed, log_every=int(sc.log_every), eval_every=self.epoch_steps,
-                          select=str(sc.select), checkpoint_every=self.epoch_steps, keep_last=1, max_minutes=max_minutes,
-                          schedule=str(sc.get("schedule", "steps")))  # the student presets' default
+        return LoopConfig.of(section(sc.optim, Optim), steps=self.total, amp=self.amp, seed=self.seed,
+                             log_every=int(sc.log_every), eval_every=self.epoch_steps, select=str(sc.select),
+                             checkpoint_every=self.epoch_steps, keep_last=1, max_minutes=max_minutes)
 
     # ------------------------------------------------------------------ data
     def batches(self, start_step: int) -> Iterator[tuple[Any, Any]]:

@@ -28,6 +28,7 @@ from dtlabel import dist, seeds
 from dtlabel.data.streams import IndexStream, PositionedDataset
 from dtlabel.device import training_amp
 from dtlabel.engine import CheckpointStore, LoopConfig, Task, train
+from dtlabel.schema import Optim, section
 from dtlabel.errors import ConfigError
 from dtlabel.io import atomic_dir, write_text
 from dtlabel.teachers.fit_arch import (
@@ -58,7 +59,7 @@ class FitResult:
     stopped_early: bool
     architecture: dict[str, Any] | None = None  # fit.init_from runs: see init_architecture
     amp: str = "auto"                            # the precision it trained in (fit_amp)
-    schedule: str = "steps"                      # the lr schedule it followed (fit.schedule, auto resolved)
+    schedule: str = "steps"                      # the lr schedule it followed (fit.optim.schedule, auto resolved)
 
 
 class FitTask(Task):
@@ -154,12 +155,10 @@ def fit_amp(amp: str, cfg: DictConfig, device: torch.device) -> str:
 
 def loop_config(cfg: DictConfig, seed: int, amp: str) -> LoopConfig:
     """The engine settings of the ``fit`` config section."""
-    return LoopConfig(steps=int(cfg.steps), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay), betas=(0.9, 0.999),
-                      warmup_steps=int(cfg.warmup_steps), min_lr_ratio=float(cfg.min_lr_ratio),
-                      grad_clip=float(cfg.grad_clip), amp=amp, seed=seed, log_every=int(cfg.log_every),
-                      checkpoint_every=int(cfg.checkpoint_every), keep_last=int(cfg.keep_checkpoints),
-                      keep_every=int(cfg.get("keep_every") or 0), max_minutes=cfg.get("max_minutes"),
-                      schedule=str(cfg.get("schedule", "auto")), loss_smoothing=0.98, allow_new_total=True)
+    return LoopConfig.of(section(cfg.optim, Optim), steps=int(cfg.steps), amp=amp, seed=seed,
+                         log_every=int(cfg.log_every), checkpoint_every=int(cfg.checkpoint_every),
+                         keep_last=int(cfg.keep_last), keep_every=int(cfg.get("keep_every") or 0),
+                         max_minutes=cfg.get("max_minutes"), loss_smoothing=0.98, allow_new_total=True)
 
 
 def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], device: torch.device,
@@ -173,17 +172,10 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
     """
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    steps, batch = int(cfg.steps), int(cfg.batch_size)
-    if steps < 1 or batch < 1:
-        raise ConfigError(f"fit.steps and fit.batch_size must be >= 1 (got {steps}, {batch})")
+    steps, batch = int(cfg.steps), int(cfg.batch_size)  # types and ranges of the section are its schema's (dtlabel.schema.FitSection)
     world = dist.world_size()
     if batch % world:
         raise ConfigError(f"fit.batch_size {batch} must be divisible by the number of processes {world}")
-    if str(cfg.get("export_dtype", "fp32")) not in ("fp32", "fp16"):
-        raise ConfigError(f"fit.export_dtype={cfg.export_dtype}: expected fp32 or fp16")
-    gamma = cfg.get("snr_gamma")
-    if gamma is not None and not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and gamma > 0):
-        raise ConfigError(f"fit.snr_gamma={gamma}: expected a number > 0 (5 in the Min-SNR paper) or null for plain MSE")
     torch.manual_seed(seed)
     arch = run_architecture(out, cfg)
     unet = make_unet(cfg.model, arch, size)

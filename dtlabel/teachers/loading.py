@@ -89,7 +89,7 @@ def warn_if_stopped_early(path: str | Path) -> None:
         return
     if info.get("command") == "fit-teacher" and info.get("stopped_early") and os.environ.get("RANK", "0") == "0":
         if info.get("schedule") == "budget":  # its cosine ended with the budget: annealed, not cut short
-            logger.info("teacher %s was trained to its time budget (fit.schedule=budget): step %s of %s planned, "
+            logger.info("teacher %s was trained to its time budget (fit.optim.schedule=budget): step %s of %s planned, "
                            "the lr annealed by the end", path, info.get("steps"), info.get("steps_planned", "?"))
             return
         logger.info("teacher %s stopped early (time budget) at step %s of %s; continue it with fit-teacher --resume "
