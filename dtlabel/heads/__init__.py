@@ -27,6 +27,7 @@ from dtlabel.errors import ConfigError, ModelError, did_you_mean
 from dtlabel.features import FeatureSpec
 from dtlabel.heads.base import (
     DESCRIPTOR,
+    HEAD_FILES,
     HEADS,
     WEIGHTS,
     Head,
@@ -90,9 +91,6 @@ def load_head(path: str | Path, device: str | torch.device = "cpu") -> Head:
     The returned head is in eval mode; its descriptor (teacher hash, class names, label ids, ...)
     is in ``head.meta``. Raises ``ModelError`` for a missing, incomplete or mismatched folder.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ModelError(f"head folder not found: {folder}; pass a train-head run folder or its head/ folder")
@@ -106,15 +104,7 @@ def load_head(path: str | Path, device: str | torch.device = "cpu") -> Head:
         head = create_head(str(desc["kind"]), spec, int(desc["num_classes"]), **dict(desc["kwargs"]))
     except ConfigError as e:
         raise ModelError(f"{folder / DESCRIPTOR}: {e}") from None
-    try:
-        state = load_file(str(folder / WEIGHTS))
-    except (OSError, SafetensorError) as e:
-        raise ModelError(f"cannot read {folder / WEIGHTS}: {e}") from None
-    try:
-        head.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ModelError(f"{folder / WEIGHTS} does not match {folder / DESCRIPTOR}: {first}") from None
+    HEAD_FILES.load_into(head, folder)
     head.meta = desc
     return head.to(device).eval()
 

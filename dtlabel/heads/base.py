@@ -19,9 +19,6 @@ constructor arguments are recorded in ``head.kwargs`` without the head listing t
 
 from __future__ import annotations
 
-import functools
-import inspect
-import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -33,20 +30,19 @@ import torch.nn.functional as F
 
 from dtlabel.errors import ModelError
 from dtlabel.features import FeatureSpec
-from dtlabel.io import atomic_dir, save_tensors, write_json
+from dtlabel.saving import ModelFiles, RecordsConfig
 from dtlabel.registry import Registry
 
 __all__ = ["HEADS", "HEAD_FORMAT", "Head", "entropy", "image_score", "pixel_grid", "register_head", "sample_features"]
 
 HEAD_FORMAT = "dtlabel-head/1"
-WEIGHTS = "head.safetensors"
-DESCRIPTOR = "head.json"
+#: a saved head: ``head.safetensors`` + ``head.json`` (:mod:`dtlabel.saving`)
+HEAD_FILES = ModelFiles("head", HEAD_FORMAT)
+WEIGHTS = HEAD_FILES.weights
+DESCRIPTOR = HEAD_FILES.descriptor
 
 #: Head kinds by name. Built-ins and plug-ins register the same way, with :func:`register_head`.
 HEADS: Registry[type[Head]] = Registry("head kind", attribute="kind")
-
-# constructor arguments a head is built from rather than configured with (not recorded)
-_BUILT_FROM = ("self", "spec", "num_classes")
 
 
 def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
@@ -55,42 +51,6 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
     Sets the class's ``kind`` to ``name``; ``ValueError`` if another class has that name.
     """
     return HEADS.register(name)
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-able copy of an option value: sequences become lists, mappings dicts (recursively)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _recording(init: Callable[..., None]) -> Callable[..., None]:
-    """Wrap a head's ``__init__`` so that it first stores its bound arguments in ``self.kwargs``.
-
-    Defaults are filled in; ``spec`` and ``num_classes`` are left out (the descriptor has them). Only
-    the outermost constructor records: a subclass calling ``super().__init__`` keeps its own record.
-    """
-    sig = inspect.signature(init)
-    if any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values()):
-        raise TypeError(f"{init.__qualname__}: head options must be named arguments, not *args")
-
-    @functools.wraps(init)
-    def wrapper(self: Head, *args: Any, **kwargs: Any) -> None:
-        if "kwargs" not in self.__dict__:
-            bound = sig.bind(self, *args, **kwargs)
-            bound.apply_defaults()
-            recorded: dict[str, Any] = {}
-            for name, value in bound.arguments.items():
-                if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
-                    recorded.update({k: _plain(v) for k, v in value.items()})
-                elif name not in _BUILT_FROM:
-                    recorded[name] = _plain(value)
-            self.__dict__["kwargs"] = recorded  # before nn.Module.__init__ runs: bypass its __setattr__
-        init(self, *args, **kwargs)
-
-    return wrapper
 
 
 def entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -132,7 +92,7 @@ def sample_features(features: Mapping[str, torch.Tensor], names: Sequence[str], 
     return torch.cat(cols, dim=2)
 
 
-class Head(torch.nn.Module, ABC):
+class Head(RecordsConfig, torch.nn.Module, ABC):
     """Base of every head. Subclasses implement ``loss`` and ``_predict`` and register with
     ``@register_head("kind")``; their ``__init__(spec, num_classes, **options)`` calls
     ``super().__init__(spec, num_classes)``.
@@ -156,10 +116,7 @@ class Head(torch.nn.Module, ABC):
 
     kwargs: dict[str, Any]
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "__init__" in cls.__dict__:
-            cls.__init__ = _recording(cls.__dict__["__init__"])  # type: ignore[method-assign]
+    built_from: ClassVar[tuple[str, ...]] = ("spec", "num_classes")  # in the descriptor, not in kwargs
 
     def __init__(self, spec: FeatureSpec, num_classes: int) -> None:
         super().__init__()
@@ -167,12 +124,6 @@ class Head(torch.nn.Module, ABC):
         self.num_classes = int(num_classes)
         self.__dict__.setdefault("kwargs", {})  # a head without its own __init__ has no options
         self.meta: dict[str, Any] = {}
-
-    def record(self, **resolved: Any) -> None:
-        """Replace recorded options by their resolved values (a default that depends on other
-        arguments), so a saved head does not depend on the rule; options the recorded constructor
-        does not take are ignored."""
-        self.kwargs.update({k: _plain(v) for k, v in resolved.items() if k in self.kwargs})
 
     # ------------------------------------------------------------------ interface
     @abstractmethod
@@ -250,7 +201,6 @@ class Head(torch.nn.Module, ABC):
         if class_names is not None and len(class_names) != self.num_classes:
             raise ValueError(f"{len(class_names)} class names for a head with {self.num_classes} classes")
         desc = {
-            "format": HEAD_FORMAT,
             **self.describe(),
             "teacher_hash": teacher_hash,
             "class_names": list(class_names) if class_names is not None else None,
@@ -258,25 +208,9 @@ class Head(torch.nn.Module, ABC):
             "parameters": sum(p.numel() for p in self.parameters()),
             **extra,
         }
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        folder = Path(folder)
-        with atomic_dir(folder) as tmp:
-            save_tensors(state, tmp / WEIGHTS, metadata={"format": HEAD_FORMAT, "kind": self.kind})
-            write_json(tmp / DESCRIPTOR, desc)  # last: a folder with head.json is complete
-        return folder
+        return HEAD_FILES.save(folder, self.state_dict(), desc, metadata={"kind": self.kind})
 
 
 def read_descriptor(folder: Path) -> dict[str, Any]:
     """``head.json`` of a head folder, checked; raises ``ModelError`` naming the file."""
-    path = folder / DESCRIPTOR
-    try:
-        desc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"cannot read {path}: {e}; the head folder is incomplete or damaged") from None
-    if not isinstance(desc, dict) or desc.get("format") != HEAD_FORMAT:
-        got = desc.get("format") if isinstance(desc, dict) else type(desc).__name__
-        raise ModelError(f"{path} is not a dtlabel head descriptor (format {got!r}, expected {HEAD_FORMAT!r})")
-    for key in ("kind", "kwargs", "num_classes", "feature_spec"):
-        if key not in desc:
-            raise ModelError(f"{path} lacks '{key}'; re-save the head with Head.save")
-    return desc
+    return HEAD_FILES.read(folder, required=("kind", "kwargs", "num_classes", "feature_spec"))

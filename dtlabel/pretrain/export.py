@@ -20,23 +20,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dtlabel.io import atomic_dir, save_tensors, write_json
+from dtlabel.saving import ModelFiles
 from dtlabel.report import save_grid
 
 BACKBONE = "backbone"
-WEIGHTS = "backbone.safetensors"
-DESCRIPTOR = "backbone.json"
 FORMAT = "dtlabel-backbone/1"
+BACKBONE_FILES = ModelFiles(BACKBONE, FORMAT)   # backbone.safetensors + backbone.json (dtlabel.saving)
+WEIGHTS = BACKBONE_FILES.weights
+DESCRIPTOR = BACKBONE_FILES.descriptor
 
 
 def save_backbone(folder: str | Path, backbone: torch.nn.Module, **descriptor: Any) -> Path:
     """``folder/backbone.safetensors`` + ``folder/backbone.json`` (descriptor last, folder atomic)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in sorted(backbone.state_dict().items())}
-    folder = Path(folder)
-    with atomic_dir(folder) as tmp:
-        save_tensors(state, tmp / WEIGHTS, metadata={"format": FORMAT})
-        write_json(tmp / DESCRIPTOR, {"format": FORMAT, "weights": WEIGHTS, "tensors": len(state), **descriptor})
-    return folder
+    state = dict(sorted(backbone.state_dict().items()))
+    return BACKBONE_FILES.save(folder, state, {"weights": WEIGHTS, "tensors": len(state), **descriptor})
 
 
 def _pca_rgb(maps: Sequence[torch.Tensor], size: Sequence[int]) -> list[np.ndarray]:

@@ -45,6 +45,9 @@ def sub(schema: type) -> Any:
 
 _HINTS: dict[type, dict[str, Any]] = {}
 
+# top-level keys the command line sets through an option: messages name the option (--labels 0)
+FLAGS = {"labels": "--labels", "n": "--n"}
+
 
 def hints(schema: type) -> dict[str, Any]:
     """The resolved field types of a schema (cached)."""
@@ -165,12 +168,16 @@ def validate(node: DictConfig | Mapping[str, Any], schema: type, prefix: str = "
             rng = out_of_range(plain, spec[key].metadata.get("range", {}))
             if rng is not None:
                 shown = given.get(full, plain)
+                if full in FLAGS:  # set through a command-line option: name the option
+                    raise ConfigError(f"{FLAGS[full]} {shown}: {rng}")
                 raise ConfigError(f"{full}={shown} {rng}" + (" or null" if _optional(tp)[1] and tp is not Any else ""))
             continue
         raise ConfigError(_type_message(full, plain, problem, given, defaults))
 
 
 def _type_message(full: str, value: Any, problem: str, given: Mapping[str, str], defaults: Any) -> str:
+    if full in given and full in FLAGS:
+        return f"{FLAGS[full]} {given[full]}: expected {problem}"
     if full in given:
         default = OmegaConf.select(defaults, full, default=None) if defaults is not None else None
         if isinstance(default, ListConfig):

@@ -27,13 +27,14 @@ from typing import Any
 import torch
 
 from dtlabel.errors import ConfigError, ModelError, did_you_mean
-from dtlabel.io import atomic_dir, read_json, save_tensors, write_json
+from dtlabel.saving import ModelFiles
 
 log = logging.getLogger(__name__)
 
 FORMAT = "dtlabel-student/1"
-WEIGHTS = "student.safetensors"
-DESCRIPTOR = "student.json"
+STUDENT_FILES = ModelFiles("student", FORMAT)   # student.safetensors + student.json (dtlabel.saving)
+WEIGHTS = STUDENT_FILES.weights
+DESCRIPTOR = STUDENT_FILES.descriptor
 HUB_CONFIG = "config.json"          # the names smp.from_pretrained reads
 HUB_WEIGHTS = "model.safetensors"
 INPUT = {"channels": "RGB", "range": [-1.0, 1.0], "formula": "x / 127.5 - 1"}
@@ -205,15 +206,9 @@ def save_student(folder: str | Path, model: torch.nn.Module, spec: StudentSpec, 
     also into smp's model card.
     """
     net = _unwrap(model)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    desc = {"format": FORMAT, **spec.to_dict(), "input": INPUT,
-            "parameters": sum(p.numel() for p in net.parameters()), **extra}
-    folder = Path(folder)
-    with atomic_dir(folder) as tmp:
-        save_tensors(state, tmp / WEIGHTS, metadata={"format": FORMAT, "arch": spec.arch})
-        _write_hub_format(tmp, net, extra)
-        write_json(tmp / DESCRIPTOR, desc)
-    return folder
+    desc = {**spec.to_dict(), "input": INPUT, "parameters": sum(p.numel() for p in net.parameters()), **extra}
+    return STUDENT_FILES.save(folder, net.state_dict(), desc, metadata={"arch": spec.arch},
+                              extra=lambda tmp: _write_hub_format(tmp, net, extra))
 
 
 # ------------------------------------------------------------------------------------------------ load
@@ -230,11 +225,7 @@ def read_student(path: str | Path) -> dict[str, Any]:
     folder = student_folder(path)
     if not folder.is_dir():
         raise ModelError(f"--student {path}: folder not found; pass a train-student run folder")
-    desc_path = folder / DESCRIPTOR
-    desc = read_json(desc_path, error=ModelError, what=f"--student {path}: cannot read {DESCRIPTOR}",
-                     fix="pass a finished train-student run folder")
-    if desc.get("format") != FORMAT:
-        raise ModelError(f"--student {path}: {desc_path} is not a dtlabel student descriptor")
+    desc = STUDENT_FILES.read(folder, what=f"--student {path}", fix="pass a finished train-student run folder")
     desc["_folder"] = str(folder)
     return desc
 
@@ -243,10 +234,8 @@ def init_from_student(model: torch.nn.Module, path: str | Path) -> dict[str, Any
     """Start ``model`` (encoder and decoder) from the student of a finished train-student run: the
     second stage of a two-stage recipe (pseudo-labels + real labels, then the real labels alone).
     The architecture must match tensor for tensor; ``ModelError`` says what differs otherwise."""
-    from safetensors.torch import load_file
-
     desc = read_student(path)
-    state = load_file(str(Path(desc["_folder"]) / WEIGHTS))
+    state = STUDENT_FILES.state(desc["_folder"], what=f"--init {path}")
     mine = _unwrap(model).state_dict()
     wrong = [k for k in mine if k not in state or tuple(state[k].shape) != tuple(mine[k].shape)]
     if wrong or len(state) != len(mine):
@@ -260,14 +249,8 @@ def init_from_student(model: torch.nn.Module, path: str | Path) -> dict[str, Any
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a saved student (eval mode) and its descriptor, from ``student.json`` + ``student.safetensors``."""
-    from safetensors.torch import load_file
-
     desc = read_student(path)
     model, _ = create_student(desc["arch"], desc["encoder_name"], int(desc["classes"]), **desc.get("smp_kwargs", {}))
-    try:
-        model.load_state_dict(load_file(str(Path(desc["_folder"]) / WEIGHTS)), strict=True)
-    except Exception as exc:  # noqa: BLE001
-        msg = " ".join(str(exc).split())[:200]
-        raise ModelError(f"--student {path}: weights do not load ({msg})") from None
+    STUDENT_FILES.load_into(model, desc["_folder"], what=f"--student {path}")
     return model.to(device).eval(), desc
 

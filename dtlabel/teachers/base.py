@@ -26,6 +26,7 @@ import torch
 from dtlabel.errors import ConfigError
 from dtlabel.features import FeatureSpec
 from dtlabel.registry import Registry
+from dtlabel.saving import RecordsConfig
 from dtlabel.teachers.loading import hash_model_folder, resolve_model_root
 
 __all__ = ["TEACHERS", "SampleOutput", "Teacher", "register_teacher"]
@@ -56,11 +57,12 @@ class SampleOutput:
     seeds: list[int]
 
 
-class Teacher(torch.nn.Module, ABC):
+class Teacher(RecordsConfig, torch.nn.Module, ABC):
     """A frozen feature extractor loaded from a model folder (and, for some families, a sampler).
 
-    Subclasses load their folder in ``__init__`` (after ``super().__init__(path)``), record the
-    options that recreate them in :attr:`kwargs`, and implement :meth:`features`,
+    Subclasses load their folder in ``__init__`` (after ``super().__init__(path)``; the options of
+    every constructor are recorded in :attr:`kwargs` by :class:`dtlabel.saving.RecordsConfig`, and
+    ``self.record(name=value)`` stores a normalised value), and implement :meth:`features`,
     :attr:`feature_spec`, :attr:`image_size` and :meth:`check_image_size`.
 
     Attributes: ``path`` (as given), ``root`` (the model folder, see ``resolve_model_root``),
@@ -76,12 +78,15 @@ class Teacher(torch.nn.Module, ABC):
     detect_priority: ClassVar[int] = 0
     #: what :meth:`matches` looks for, for the "no teacher model" message
     folder_hint: ClassVar[str] = ""
+    #: the options of every constructor up the family's classes are recorded (dtlabel.saving)
+    built_from: ClassVar[tuple[str, ...]] = ("path",)
+    record_inherited: ClassVar[bool] = True
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
         self.path = Path(path)
         self.root = resolve_model_root(path)
-        self.kwargs: dict[str, Any] = {}
+        self.__dict__.setdefault("kwargs", {})  # the constructors' options, recorded (dtlabel.saving)
         self._hash: str | None = None
 
     # ------------------------------------------------------------------ what a family implements

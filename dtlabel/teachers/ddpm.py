@@ -57,7 +57,7 @@ class DDPMTeacher(DiffusionTeacher):
         from diffusers import DDPMScheduler, UNet2DModel
 
         self.allow_any_size = bool(allow_any_size)
-        self.kwargs["allow_any_size"] = self.allow_any_size
+        self.record(allow_any_size=self.allow_any_size)
         root = self.root
         if (root / "model_index.json").is_file():
             index = read_model_json(root / "model_index.json")

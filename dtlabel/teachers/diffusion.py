@@ -117,7 +117,7 @@ class DiffusionTeacher(Teacher):
         ts_in = (timesteps,) if isinstance(timesteps, int) else timesteps
         self._requested_timesteps = tuple(int(t) for t in ts_in)
         self._block_info: dict[str, tuple[int, int]] | None = None  # block -> (channels, stride)
-        self.kwargs.update(
+        self.record(  # normalised values
             blocks=list(blocks) if blocks is not None else None,
             timesteps=list(self._requested_timesteps),
             concat_timesteps=self.concat_timesteps,

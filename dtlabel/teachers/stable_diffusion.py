@@ -62,7 +62,7 @@ class StableDiffusionTeacher(DiffusionTeacher):
             raise ConfigError(f"guidance_scale must be >= 1.0 (1.0 = no guidance), got {guidance_scale}")
         self.prompt = str(prompt)
         self.guidance_scale = float(guidance_scale)
-        self.kwargs.update(prompt=self.prompt, guidance_scale=self.guidance_scale)
+        self.record(prompt=self.prompt, guidance_scale=self.guidance_scale)
         root = self.root
         if not self.matches(root):
             found = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
