@@ -193,8 +193,6 @@ def _metrics(folder: Path) -> dict[str, Any]:
 def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     dc = cfg.demo
     labels = int(cfg.labels if cfg.get("labels") is not None else dc.labels)
-    if labels < 1:
-        raise ConfigError(f"--labels {labels}: must be >= 1")
     quiet = bool(getattr(args, "quiet", False))
     common = [f"--seed={int(cfg.seed)}", f"--device={cfg.device}"]
     t0 = time.time()

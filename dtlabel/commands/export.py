@@ -31,8 +31,6 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     if not cfg.inputs.get("synth"):
         raise ConfigError("export needs RUN: a finished synthesize run folder (dtlabel export RUN --format ...)")
     min_area = int(cfg.min_area)
-    if min_area < 0:
-        raise ConfigError(f"min_area={min_area} must be >= 0")
     read_run(str(cfg.inputs.synth), "synthesize", "RUN")
     synth = SynthSet(str(cfg.inputs.synth), drop_uncertain=float(cfg.drop_uncertain))
     names = list(synth.class_names)

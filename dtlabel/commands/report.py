@@ -22,8 +22,6 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     folders = list(getattr(args, "runs", None) or [])
     if not folders:
         raise ConfigError("report needs at least one finished run folder: dtlabel report RUN [RUN ...]")
-    if int(cfg.grid_images) < 0:
-        raise ConfigError(f"grid_images={cfg.grid_images}: must be >= 0")
     runs = collect_runs(folders)
     title = str(cfg.title) if cfg.get("title") else "dtlabel report: " + ", ".join(r.name for r in runs[:6])
     path = write_report(run.path / "report.html", runs, title, grid_images=int(cfg.grid_images),

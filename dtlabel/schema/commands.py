@@ -22,7 +22,7 @@ class DefaultData:
     n_unlabeled: int = num(2000, ge=0)
     n_labeled: int = num(200, ge=1)
     n_val: int = num(50, ge=0)
-    n_test: int = num(200, ge=0)
+    n_test: int = num(200, ge=1)
     size: Size = Size((64, 64))
     style: str = "photo"
 
@@ -150,7 +150,7 @@ class Pretrain(Common):
 @dataclass
 class Report(Common):
     title: str | None = None
-    grid_images: int = num(6, ge=1)
+    grid_images: int = num(6, ge=0)
 
 
 @dataclass

@@ -180,7 +180,7 @@ class SynthSection:
     sample_steps: int | None = num(None, ge=1)
     base_seed: int | None = None
     size: Size | None = None
-    logits_downsample: int = num(2, ge=1)
+    logits_downsample: int = num(2, ge=0)          # 0: no logits
     image_format: Literal["png", "jpg"] = "png"
     jpg_quality: int = num(95, ge=1, le=100)
     score_top: float = num(0.1, gt=0, le=1)
