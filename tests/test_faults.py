@@ -109,10 +109,10 @@ def test_full_disk_while_training_is_one_line_and_resumes_to_the_same_bytes(
         where: str, fail_at: int, teacher: Path, uninterrupted, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import dtlabel.engine.checkpoint as checkpoint
-    import dtlabel.students.model as student_model
+    import dtlabel.saving as saving
 
     argv, artifact = _commands(teacher)["train-student"]
-    module = checkpoint if where == "checkpoint" else student_model
+    module = checkpoint if where == "checkpoint" else saving
     monkeypatch.setattr(module, "save_tensors", _DiskFull(module.save_tensors, fail_at))
     out = tmp_path / "full"
     assert main([*argv, "--out", str(out)]) == 2

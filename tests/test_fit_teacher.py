@@ -161,7 +161,7 @@ def test_cpu_preset_teacher_size_for_ccp() -> None:
 
 def test_bad_scale(cli, tmp_path: Path) -> None:
     code, _, err = cli(*ARGS, "fit.scale=0", "--out", tmp_path / "r")
-    assert code == 2 and err.count("\n") == 1 and "fit.scale must be in (0, 1]" in err
+    assert code == 2 and err.count("\n") == 1 and "fit.scale=0 must be in (0, 1]" in err
 
 
 def test_bad_fit_size(cli, tmp_path: Path) -> None:

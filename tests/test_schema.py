@@ -47,7 +47,7 @@ def test_every_preset_sets_exactly_the_schema_keys(command: str, preset: str) ->
     ("head.optim.lr=abc", "head.optim.lr=abc: expected a number or null"),
     ("head.optim.betas=[0.9]", "head.optim.betas=[0.9]: expected [a,b], 2 numbers (default [0.9, 0.999])"),
     ("head.optim.encoder_lr_mult=0", "head.optim.encoder_lr_mult=0 must be > 0"),
-    ("head.interpreter.dropout=1.5", "head.interpreter.dropout=1.5 must be < 1"),
+    ("head.interpreter.dropout=1.5", "head.interpreter.dropout=1.5 must be in [0, 1)"),
     ("head.optim.schedule=cosine", "head.optim.schedule=cosine: expected one of auto, steps, budget"),
 ])
 def test_schema_errors_name_the_key(override: str, message: str) -> None:

@@ -73,7 +73,7 @@ def test_unimatch_errors_are_one_line(cli, tmp_path: Path) -> None:  # noqa: ANN
         assert code == 2 and text.startswith("dtlabel: error: ") and text.count("\n") == 1, text
         return text
 
-    assert "expected null or unimatch" in err("--labels", "8", "student.unlabeled=fixmatch")
+    assert "student.unlabeled=fixmatch: expected one of unimatch or null" in err("--labels", "8", "student.unlabeled=fixmatch")
     assert "takes no --synth" in err("--synth", str(tmp_path), "--labels", "8", "student.unlabeled=unimatch")
     assert "trains on --labels N" in err("student.unlabeled=unimatch", "--synth", str(tmp_path))
     assert "threshold=1.5 must be in [0, 1]" in err("--labels", "8", "student.unlabeled=unimatch",

@@ -128,15 +128,20 @@ def _words(tp: Any) -> str:
 
 
 def out_of_range(value: Any, bounds: Mapping[str, float]) -> str | None:
-    """``"must be >= 1"`` if a number is outside ``bounds``, else None."""
+    """``"must be >= 1"`` (one bound) or ``"must be in [0, 1)"`` (two) if a number is outside
+    ``bounds``, else None."""
     if not _is_num(value):
         return None
-    for op, bound in bounds.items():
-        bad = {"ge": value < bound, "gt": value <= bound, "le": value > bound, "lt": value >= bound}[op]
-        if bad:
-            sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[op]
-            return f"must be {sign} {bound:g}"
-    return None
+    bad = any({"ge": value < b, "gt": value <= b, "le": value > b, "lt": value >= b}[op] for op, b in bounds.items())
+    if not bad:
+        return None
+    lower = [(op, b) for op, b in bounds.items() if op in ("ge", "gt")]
+    upper = [(op, b) for op, b in bounds.items() if op in ("le", "lt")]
+    if lower and upper:
+        (lo_op, lo), (hi_op, hi) = lower[0], upper[0]
+        return f"must be in {'[' if lo_op == 'ge' else '('}{lo:g}, {hi:g}{']' if hi_op == 'le' else ')'}"
+    op, bound = next(iter(bounds.items()))
+    return f"must be {({'ge': '>=', 'gt': '>', 'le': '<=', 'lt': '<'})[op]} {bound:g}"
 
 
 def validate(node: DictConfig | Mapping[str, Any], schema: type, prefix: str = "",

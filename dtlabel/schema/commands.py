@@ -35,18 +35,13 @@ class Splits:
 
 
 @dataclass
-class FolderData:
-    """``data=folder`` (and ``ccp``, ``camvid``): images + masks in folders."""
+class LabeledFolders:
+    """The keys the folder-based data kinds share: where they are, their splits and label-free pools."""
 
     kind: str = "folder"
     name: str = "folder"
     root: str | None = None
     images: str = "images"
-    masks: str = "masks"
-    recursive: bool = False
-    classes: Any = None
-    classes_key: str = "classes"
-    ignore_index: int | None = None
     splits: Splits = sub(Splits)
     unlabeled: list[str] = listof()
     unlabeled_splits: list[str] = listof("train")
@@ -54,12 +49,22 @@ class FolderData:
 
 
 @dataclass
-class CocoData:
+class FolderData(LabeledFolders):
+    """``data=folder`` (and ``ccp``, ``camvid``): images + masks in folders."""
+
+    masks: str = "masks"
+    recursive: bool = False
+    classes: Any = None
+    classes_key: str = "classes"
+    ignore_index: int | None = None
+
+
+@dataclass
+class CocoData(LabeledFolders):
     """``data=coco``: COCO instance or panoptic annotations."""
 
     kind: str = "coco"
     name: str = "coco"
-    root: str | None = None
     annotations: str = "annotations/instances_val2017.json"
     images: str = "val2017"
     panoptic_masks: str | None = None
@@ -67,9 +72,6 @@ class CocoData:
     unmapped: str = "background"
     background: str = "background"
     ignore_index: int = 255
-    splits: Splits = sub(Splits)
-    unlabeled: list[str] = listof()
-    unlabeled_splits: list[str] = listof("train")
     size: Size = Size((256, 256))
 
 

@@ -23,7 +23,7 @@ Schedule = Literal["auto", "steps", "budget"]
 class Optim(OptimConfig):
     """``<section>.optim``: the engine's :class:`OptimConfig`, with the ranges of its values."""
 
-    lr: float | None = num(1e-3, gt=0)
+    lr: float | None = num(1e-3, ge=0)           # 0: frozen weights (a check, or a probe)
     weight_decay: float | None = num(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = num(0, ge=0)
@@ -40,7 +40,7 @@ class FitSection:
 
     model: dict[str, Any] = sub(dict)            # diffusers UNet2DModel arguments
     size: Size | None = None
-    scale: float = num(1.0, gt=0)
+    scale: float = num(1.0, gt=0, le=1)
     init_from: str | None = None
     include_labeled: bool = True
     steps: int = num(12, ge=1)
@@ -84,6 +84,26 @@ class TeacherSection:
 
 
 @dataclass
+class LabeledTraining:
+    """The keys train-head's and train-student's sections share: the labeled split, augmentation,
+    validation and selection, pictures, the budget and precision."""
+
+    label_seed: int | None = None
+    epochs: int = num(2, ge=1)
+    batch_size: int = num(4, ge=1)
+    optim: Optim = sub(Optim)                    # head: lr / weight_decay null = the head kind's own
+    hflip: bool = True
+    scale: tuple[float, float] | None = (0.75, 1.25)
+    val_size: int = num(8, ge=0)
+    select: Select = "best"
+    eval_batch_size: int = num(16, ge=1)
+    overlays: int = num(4, ge=0)
+    log_every: int = num(1, ge=1)
+    max_minutes: float | None = num(None, ge=0)
+    cpu_bf16: bool = False
+
+
+@dataclass
 class InterpreterOptions:
     width: int = num(32, ge=1)
     dropout: float = num(0.1, ge=0, lt=1)
@@ -101,32 +121,19 @@ class MlpEnsembleOptions:
 
 
 @dataclass
-class HeadSection:
+class HeadSection(LabeledTraining):
     """``head``: the segmentation head on teacher features (``dtlabel train-head``)."""
 
     kind: str = "interpreter"
     interpreter: InterpreterOptions = sub(InterpreterOptions)
     mlp_ensemble: MlpEnsembleOptions = sub(MlpEnsembleOptions)
-    label_seed: int | None = None
-    epochs: int = num(2, ge=1)
     steps: int | None = num(None, ge=1)
-    batch_size: int = num(4, ge=1)
     micro_batch: int | None = num(None, ge=1)
     teacher_batch: int | None = num(None, ge=1)
-    optim: Optim = sub(Optim)                   # lr / weight_decay null: the head kind's own
-    hflip: bool = True
-    scale: tuple[float, float] | None = (0.75, 1.25)
-    val_size: int = num(8, ge=0)
     eval_every: int = num(1, ge=1)
-    select: Select = "best"
     cache: bool = False
     cache_dir: str | None = None
     cache_draws: int = num(2, ge=1)
-    eval_batch_size: int = num(16, ge=1)
-    overlays: int = num(4, ge=0)
-    log_every: int = num(1, ge=1)
-    max_minutes: float | None = num(None, ge=0)
-    cpu_bf16: bool = False
 
 
 @dataclass
@@ -138,19 +145,13 @@ class UnimatchOptions:
 
 
 @dataclass
-class StudentSection:
+class StudentSection(LabeledTraining):
     """``student``: the smp student (``dtlabel train-student``)."""
 
     arch: str = "Unet"
     encoder: str = "tu-mobilenetv3_small_050"
     kwargs: dict[str, Any] = sub(dict)           # more smp.create_model arguments
-    label_seed: int | None = None
-    epochs: int = num(2, ge=1)
     epoch_steps: int | None = num(None, ge=1)
-    batch_size: int = num(4, ge=1)
-    optim: Optim = sub(Optim)
-    hflip: bool = True
-    scale: tuple[float, float] | None = (0.75, 1.25)
     dice_weight: float = num(1.0, ge=0)
     synth_loss: Literal["soft", "hard"] = "soft"
     tau: float = num(4.0, gt=0)
@@ -161,13 +162,6 @@ class StudentSection:
     unlabeled: Literal["unimatch"] | None = None
     unimatch: UnimatchOptions = sub(UnimatchOptions)
     shuffle_buffer: int = num(64, ge=0)
-    val_size: int = num(8, ge=0)
-    select: Select = "best"
-    eval_batch_size: int = num(16, ge=1)
-    overlays: int = num(4, ge=0)
-    log_every: int = num(1, ge=1)
-    max_minutes: float | None = num(None, ge=0)
-    cpu_bf16: bool = False
 
 
 @dataclass
