@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model, spec = create_student(str(sc.arch), str(sc.encoder), ds.num_classes, **smp_kwargs(sc))
     device = torch.device("cpu")
-    opt = torch.optim.AdamW(model.parameters(), lr=float(sc.lr))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(sc.optim.lr))
     scale = tuple(float(s) for s in sc.scale) if sc.get("scale") is not None else None
     gen = torch.Generator().manual_seed(0)
 

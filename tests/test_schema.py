@@ -49,6 +49,7 @@ def test_every_preset_sets_exactly_the_schema_keys(command: str, preset: str) ->
     ("head.optim.encoder_lr_mult=0", "head.optim.encoder_lr_mult=0 must be > 0"),
     ("head.interpreter.dropout=1.5", "head.interpreter.dropout=1.5 must be in [0, 1)"),
     ("head.optim.schedule=cosine", "head.optim.schedule=cosine: expected one of auto, steps, budget"),
+    ("head.select=bset", "head.select=bset: expected one of best, last (did you mean: best, last?) (default best)"),
 ])
 def test_schema_errors_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

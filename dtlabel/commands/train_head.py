@@ -109,7 +109,7 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int | N
     feats = TeacherFeatures(teacher, cache, chunk=int(hc.teacher_batch) if hc.get("teacher_batch") else None)
     task = HeadTask(head, feats, source, label_ids, val_ids, size, hc, seed, int(cfg.num_workers))
     log.info("training %s (%.2fM parameters): %d steps (%d per pass over the labels, batch %d)%s", kind,
-             sum(p.numel() for p in head.parameters()) / 1e6, task.total, task.per_epoch, task.batch,
+             sum(p.numel() for p in head.parameters()) / 1e6, task.total, task.epoch_steps, task.batch,
              ", cached features" if cache is not None else ", online features")
     result = train(task, task.loop_config(str(cfg.amp), hc.get("max_minutes")), run.path, device,
                    progress=not getattr(args, "quiet", False))
@@ -122,7 +122,7 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int | N
         "head": "head", "kind": kind, "num_classes": source.num_classes, "class_names": list(source.class_names),
         "labels": n_labels, "label_ids": label_ids, "teacher_hash": teacher.teacher_hash(),
         "teacher": str(cfg.inputs.teacher), "feature_spec": spec.to_dict(), "data": bundle.name, "size": list(size),
-        "steps": result.steps, "epochs": result.steps // task.per_epoch, "schedule": result.schedule,
+        "steps": result.steps, "epochs": result.steps // task.epoch_steps, "schedule": result.schedule,
         "test_miou": test["miou"],
         "val_miou": (val or {}).get("miou"), "cache": bool(hc.cache), "world_size": dist.world_size(),
         "precision": precision(device, str(cfg.amp)), "validation": {"images": len(val_ids), "from": val_origin},
@@ -138,7 +138,7 @@ def _finish(run: Run, cfg: DictConfig, result: Any, task: HeadTask, head: Any, f
     ev = score_head(head, feats, source, split.test_ids, size, int(hc.eval_batch_size), seed,
                     keep=int(hc.overlays) if dist.is_main() else 0, num_workers=int(cfg.num_workers))
     val = result.validation() if split.val_ids else None
-    selected = result.selection(task.per_epoch)
+    selected = result.selection(task.epoch_steps)
     test: dict[str, Any] = ev.cm.summary(names)
     if dist.is_main():
         test = write_metrics(run.path / "metrics.json", ev.cm, names, "test", n_test, size, n_test=n_test,

@@ -33,7 +33,7 @@ from dtlabel import dist, interrupts, seeds
 from dtlabel.device import amp_dtype, autocast
 from dtlabel.engine import optim
 from dtlabel.engine.checkpoint import CheckpointStore
-from dtlabel.engine.schedule import warmup_cosine
+from dtlabel.engine.schedule import resume_schedule, warmup_cosine
 from dtlabel.engine.task import Task
 from dtlabel.errors import ConfigError, RunError, TrainingDiverged
 from dtlabel.io import write_text
@@ -129,11 +129,11 @@ class TrainResult:
         return {"miou": m.get("val_miou"), "pixel_accuracy": m.get("val_pixel_accuracy"),
                 "per_class_iou": m.get("val_per_class_iou")}
 
-    def selection(self, steps_per_epoch: int) -> dict[str, Any]:
+    def selection(self, epoch_steps: int) -> dict[str, Any]:
         """Which weights were kept: the rule, the step and the epoch of that evaluation."""
         m = self.selected.get("metrics") or {}
         return {"rule": self.selected["rule"], "step": self.selected["step"],
-                "epoch": m.get("epoch", self.steps // steps_per_epoch)}
+                "epoch": m.get("epoch", self.steps // epoch_steps)}
 
 
 def _truncate_metrics(path: Path, step: int) -> tuple[float, float]:
@@ -346,7 +346,7 @@ def _resume(task: Task, cfg: LoopConfig, checkpoint: tuple[dict[str, Any], dict[
     if before not in (None, int(cfg.steps)) and not cfg.allow_new_total:
         raise RunError(f"--resume: the checkpoints in {store.folder.parent} were written for {before} steps, the "
                        f"config now gives {cfg.steps}; resume with the same settings")
-    _resume_schedule(cfg, state.get("schedule"), store.folder.parent, task.config_prefix)
+    resume_schedule(cfg, state.get("schedule"), store.folder.parent, task.config_prefix)
     selection.record = state.get("best")
     selection.weights = tensors.get("best")
     # checkpoints written before the engine (fit-teacher runs) keep the task's state at the top level
@@ -354,21 +354,6 @@ def _resume(task: Task, cfg: LoopConfig, checkpoint: tuple[dict[str, Any], dict[
     step = int(state["step"])
     log.info("%s: resumed from step %d of %d (%s)", task.name, step, cfg.steps, store.folder)
     return step, dict(state.get("engine") or {})
-
-
-def _resume_schedule(cfg: LoopConfig, saved: str | None, run_dir: Path, prefix: str) -> None:
-    """A resumed run keeps the lr schedule it started with: under ``schedule=auto`` the one its
-    checkpoint records (``steps`` for checkpoints from before it was recorded, the default then), so
-    a budget given or changed on resume does not switch it mid-run; an explicit other one is refused."""
-    key = f"{prefix}.schedule" if prefix else "schedule"
-    if cfg.schedule_auto:
-        cfg.schedule = saved or "steps"
-    elif saved is not None and saved != cfg.schedule:
-        raise RunError(f"--resume: {run_dir} was trained with {key}={saved}, the config now gives {cfg.schedule}; "
-                       f"resume with {key}={saved} (or {key}=auto)")
-    if cfg.schedule == "budget" and not cfg.max_minutes:
-        raise RunError(f"--resume: {run_dir} follows {key}=budget (its cosine ends with the time budget); resume "
-                       f"with {prefix + '.' if prefix else ''}max_minutes=M")
 
 
 def _forward_backward(task: Task, net: torch.nn.Module, batch: Any, step: int, device: torch.device,

@@ -1,9 +1,17 @@
-"""The learning-rate schedule of every training command: linear warm-up, then cosine decay."""
+"""The learning-rate schedule of every training command: linear warm-up, then cosine decay; and
+which schedule a resumed run follows."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dtlabel.errors import RunError
+
+if TYPE_CHECKING:
+    from dtlabel.engine.loop import LoopConfig
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0) -> Callable[[int], float]:
@@ -18,3 +26,18 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0) -> Callable[[
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def resume_schedule(cfg: LoopConfig, saved: str | None, run_dir: Path, prefix: str) -> None:
+    """A resumed run keeps the lr schedule it started with: under ``schedule=auto`` the one its
+    checkpoint records (``steps`` for checkpoints from before it was recorded, the default then), so
+    a budget given or changed on resume does not switch it mid-run; an explicit other one is refused."""
+    key = f"{prefix}.schedule" if prefix else "schedule"
+    if cfg.schedule_auto:
+        cfg.schedule = saved or "steps"
+    elif saved is not None and saved != cfg.schedule:
+        raise RunError(f"--resume: {run_dir} was trained with {key}={saved}, the config now gives {cfg.schedule}; "
+                       f"resume with {key}={saved} (or {key}=auto)")
+    if cfg.schedule == "budget" and not cfg.max_minutes:
+        raise RunError(f"--resume: {run_dir} follows {key}=budget (its cosine ends with the time budget); resume "
+                       f"with {prefix + '.' if prefix else ''}max_minutes=M")

@@ -82,8 +82,8 @@ class HeadTask(Task):
         self.batch = min(int(hc.batch_size), self.n)
         if self.batch % self.world:
             raise ConfigError(f"head.batch_size {self.batch} must be divisible by the number of processes {self.world}")
-        self.per_epoch = math.ceil(self.n / self.batch)
-        self.total = int(hc.steps) if hc.get("steps") is not None else int(hc.epochs) * self.per_epoch
+        self.epoch_steps = math.ceil(self.n / self.batch)
+        self.total = int(hc.steps) if hc.get("steps") is not None else int(hc.epochs) * self.epoch_steps
         self.micro = int(hc.micro_batch) if hc.get("micro_batch") and not head.batch_statistics else self.batch
         self.images_per_step = self.batch
 
@@ -94,8 +94,8 @@ class HeadTask(Task):
             optim, steps=self.total, lr=head.default_lr if optim.lr is None else optim.lr,
             weight_decay=head.default_weight_decay if optim.weight_decay is None else optim.weight_decay,
             amp=amp, seed=self.seed, log_every=int(hc.log_every),
-            eval_every=self.per_epoch * int(hc.eval_every) if self.val_ids else 0,
-            select=str(hc.select), checkpoint_every=self.per_epoch, keep_last=1, max_minutes=max_minutes)
+            eval_every=self.epoch_steps * int(hc.eval_every) if self.val_ids else 0,
+            select=str(hc.select), checkpoint_every=self.epoch_steps, keep_last=1, max_minutes=max_minutes)
 
     def batches(self, start_step: int) -> Iterator[Any]:
         sampler = IndexStream(self.n, self.batch, self.seed, start_step, self.total, self.rank, self.world)
@@ -121,7 +121,7 @@ class HeadTask(Task):
         return model(batch["features"], batch["masks"], self.source.ignore_index, generator=batch["generator"])
 
     def log_fields(self, step: int) -> dict[str, Any]:
-        return {"epoch": step // self.per_epoch}
+        return {"epoch": step // self.epoch_steps}
 
     def evaluate(self, step: int) -> dict[str, Any] | None:
         if not self.val_ids:

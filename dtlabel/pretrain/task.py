@@ -54,8 +54,8 @@ class PretrainTask(Task):
         # a regressor level no teacher map (and no logit head) reads gets no gradient: DDP must know
         used = set(net.levels.values()) | ({0} if net.logits is not None else set())
         self.find_unused_parameters = bool({0, 1, 2} - used)
-        self.per_epoch = math.ceil(self.n / self.batch)
-        self.total = int(pc.steps) if pc.get("steps") is not None else int(pc.epochs) * self.per_epoch
+        self.epoch_steps = math.ceil(self.n / self.batch)
+        self.total = int(pc.steps) if pc.get("steps") is not None else int(pc.epochs) * self.epoch_steps
         self.images_per_step = self.batch
         self.lr = float(pc.optim.lr)
         self.cache_draws = int(pc.get("cache_draws") or 0)  # 0: fresh noise every pass
@@ -111,4 +111,4 @@ class PretrainTask(Task):
         return losses
 
     def log_fields(self, step: int) -> dict[str, Any]:
-        return {"epoch": step // self.per_epoch}
+        return {"epoch": step // self.epoch_steps}

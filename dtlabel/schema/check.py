@@ -177,6 +177,9 @@ def validate(node: DictConfig | Mapping[str, Any], schema: type, prefix: str = "
                     raise ConfigError(f"{FLAGS[full]} {shown}: {rng}")
                 raise ConfigError(f"{full}={shown} {rng}" + (" or null" if _optional(tp)[1] and tp is not Any else ""))
             continue
+        choices = [str(a) for a in typing.get_args(_optional(tp)[0])] if typing.get_origin(_optional(tp)[0]) is Literal else []
+        if isinstance(plain, str) and choices:
+            problem += did_you_mean(plain, choices)
         raise ConfigError(_type_message(full, plain, problem, given, defaults))
 
 
