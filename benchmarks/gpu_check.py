@@ -204,13 +204,14 @@ def bench_layouts(device: str, tiny: bool, reps: int) -> list[dict[str, Any]]:
     from dtlabel.config import compose
     from dtlabel.device import amp_dtype, autocast, select_device
     from dtlabel.students.model import create_student
+    from dtlabel.students.task import smp_kwargs
     from dtlabel.teachers.fit_arch import build_unet
 
     dev = select_device(device)
     dtype = amp_dtype(dev, "auto")
     size, batch = ((32, 32), 2) if tiny else ((192, 128), 16)
     sc = compose("train_student", [f"preset={'tiny' if tiny else 'gpu'}"]).student
-    student, _ = create_student(sc.arch, sc.encoder, 8, **dict(sc.kwargs))
+    student, _ = create_student(sc.arch, sc.encoder, 8, **smp_kwargs(sc))
     fc = compose("fit_teacher", [f"preset={'tiny' if tiny else 'cpu'}"]).fit
     unet = build_unet(fc.model, size)
     out = []

@@ -123,6 +123,10 @@ def _group_error(exc: Exception, overrides: Sequence[str]) -> ConfigError:
     return ConfigError(msg.splitlines()[0])
 
 
+# sections whose keys are free arguments of another library (smp, diffusers), not dtlabel's schema
+FREE_SECTIONS = ("student.kwargs", "fit.model")
+
+
 def _key_error(name: str, exc: Exception, overrides: Sequence[str]) -> ConfigError:
     from hydra import compose as hydra_compose
 
@@ -141,6 +145,9 @@ def _key_error(name: str, exc: Exception, overrides: Sequence[str]) -> ConfigErr
         except Exception:  # pragma: no cover - best effort for the hint only
             known = []
         hint = did_you_mean(key, known)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        if parent in FREE_SECTIONS:  # a mapping of free arguments: new keys are added on purpose
+            return ConfigError(f"'{key}' is not set yet: {parent} takes free arguments, add one with +{key}=VALUE")
         if not hint:
             parent = key.rsplit(".", 1)[0] if "." in key else ""
             siblings = [k.rsplit(".", 1)[-1] for k in known if k.startswith(parent + ".") and k.count(".") == key.count(".")]

@@ -27,6 +27,11 @@ STUDENTS = [
     ("DeepLabV3Plus", "resnet18", {"encoder_depth": 3, "decoder_channels": 32}, 3, (32, 64)),
     ("DeepLabV3Plus", "tu-mobilenetv3_small_050", {"decoder_channels": 32}, 6, (64, 64)),
     ("PSPNet", "resnet18", {"encoder_depth": 4, "decoder_channels": 32}, 3, (64, 64)),
+    # a vision transformer at the data set's size (not its 224), and ConvNeXt under two decoders
+    ("DPT", "tu-vit_tiny_patch16_224", {"decoder_intermediate_channels": [8, 16, 32, 32],
+                                        "decoder_fusion_channels": 16}, 3, (32, 64)),
+    ("Unet", "tu-convnext_atto", {"decoder_channels": [32, 16, 8, 8, 8]}, 4, (32, 32)),
+    ("UPerNet", "tu-convnext_atto", {"decoder_channels": 32}, 2, (64, 32)),
 ]
 
 

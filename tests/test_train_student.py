@@ -279,3 +279,21 @@ def test_every_training_image_labeled_warns_on_stderr_and_in_run_json(tmp_path: 
     assert "no validation image is left" in capsys.readouterr().out
     run = json.loads((out / "run.json").read_text())
     assert run["validation"] == {"images": 0, "from": "none (every training image is labeled)"}
+
+
+def test_a_vision_transformer_student_trains_at_the_data_size(tmp_path: Path) -> None:
+    """DPT on a timm ViT at 32x32 (its position table is for 224): the preset's DPT decoder, the
+    smp hub format, and the run's numbers."""
+    import segmentation_models_pytorch as smp
+
+    out = tmp_path / "vit"
+    assert main(["train-student", *TINY, "--labels", "8", "student.arch=DPT", "student.encoder=tu-vit_tiny_patch16_224",
+                 "student.epochs=1", "student.epoch_steps=2", "--out", str(out)]) == 0
+    desc = json.loads((out / "student" / "student.json").read_text())
+    assert desc["arch"] == "DPT" and desc["smp_kwargs"]["dynamic_img_size"] is True
+    assert desc["smp_kwargs"]["decoder_fusion_channels"] == 32  # student.decoders.DPT of the tiny preset
+    run = json.loads((out / "run.json").read_text())
+    assert 0.0 <= run["test_miou"] <= 100.0 and run["steps"] == 2
+    hub = smp.from_pretrained(str(out / "student")).eval()
+    with torch.no_grad():
+        assert hub(torch.zeros(1, 3, 32, 32)).shape == (1, desc["classes"], 32, 32)

@@ -28,6 +28,9 @@ RENAMED: dict[str, str] = {
     "fit.keep_checkpoints": "fit.keep_last",
     "pretrain.keep_checkpoints": "pretrain.keep_last",
     "pretrain.base_lr": "pretrain.optim.lr",
+    # the presets' Unet arguments moved to the per-architecture decoders (student.kwargs: the user's extras)
+    "student.kwargs.encoder_depth": "student.decoders.Unet.encoder_depth",
+    "student.kwargs.decoder_channels": "student.decoders.Unet.decoder_channels",
 }
 _RENAME_NOTES = {"pretrain.base_lr": " (the lr itself now, no longer scaled by batch_size / 256: "
                                      "base_lr 1.6e-2 at batch 16 is optim.lr=1e-3)"}

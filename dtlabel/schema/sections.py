@@ -150,7 +150,8 @@ class StudentSection(LabeledTraining):
 
     arch: str = "Unet"
     encoder: str = "tu-mobilenetv3_small_050"
-    kwargs: dict[str, Any] = sub(dict)           # more smp.create_model arguments
+    decoders: dict[str, dict[str, Any]] = sub(dict)  # the preset's smp arguments for each architecture
+    kwargs: dict[str, Any] = sub(dict)           # more smp.create_model arguments, over the decoder's
     epoch_steps: int | None = num(None, ge=1)
     dice_weight: float = num(1.0, ge=0)
     synth_loss: Literal["soft", "hard"] = "soft"

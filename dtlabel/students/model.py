@@ -39,7 +39,7 @@ HUB_CONFIG = "config.json"          # the names smp.from_pretrained reads
 HUB_WEIGHTS = "model.safetensors"
 INPUT = {"channels": "RGB", "range": [-1.0, 1.0], "formula": "x / 127.5 - 1"}
 
-__all__ = ["StudentSpec", "architectures", "check_encoder", "create_student", "load_student", "read_student",
+__all__ = ["StudentSpec", "architectures", "check_encoder", "create_student", "is_vision_transformer", "patch_size", "load_student", "read_student",
            "resolve_arch", "save_student", "student_folder", "DESCRIPTOR", "FORMAT", "HUB_CONFIG", "HUB_WEIGHTS",
            "INPUT", "WEIGHTS"]
 
@@ -101,6 +101,26 @@ def check_encoder(name: str) -> str:
     return name
 
 
+# timm modules of single-scale vision transformers (one feature map at the patch stride): smp builds
+# them under DPT only, and they read the data set's size through timm's dynamic_img_size
+VIT_MODULES = ("vision_transformer", "deit", "eva", "beit", "vision_transformer_relpos", "vision_transformer_sam")
+
+
+def is_vision_transformer(encoder_name: str) -> bool:
+    """True for a ``tu-<name>`` encoder whose timm model is a plain vision transformer."""
+    import timm
+
+    name = str(encoder_name)
+    return name.startswith("tu-") and timm.models.is_model_in_modules(name[3:], list(VIT_MODULES))
+
+
+def patch_size(model: torch.nn.Module) -> tuple[int, int] | None:
+    """The patch size of a student's ViT encoder, None for a CNN encoder."""
+    embed = getattr(getattr(getattr(_unwrap(model), "encoder", None), "model", None), "patch_embed", None)
+    size = getattr(embed, "patch_size", None)
+    return (int(size[0]), int(size[1])) if size is not None else None
+
+
 # smp's FPN and PSPNet scale their logits up by a fixed ``upsampling`` whatever ``encoder_depth``, so at
 # another depth than smp's default their output is not (H, W): FPN reads strides 2^(depth-3)..,
 # PSPNet the stride-2^depth map. The factor that gives (H, W) back:
@@ -130,7 +150,9 @@ def create_student(arch: str, encoder_name: str, classes: int, **smp_kwargs: Any
     """An smp model with random weights (``encoder_weights=None``: nothing is downloaded).
 
     The model maps images ``(B, 3, H, W)`` in [-1, 1] to logits ``(B, classes, H, W)``; H and W must
-    be multiples of the encoder's output stride (``2 ** encoder_depth``). For FPN and PSPNet at a
+    be multiples of the encoder's output stride (``2 ** encoder_depth``; a ViT's patch size). A
+    vision-transformer encoder (``tu-vit_tiny_patch16_224``, ...) goes under ``DPT`` and gets
+    ``dynamic_img_size=True``, so it trains at the data set's size. For FPN and PSPNet at a
     non-default ``encoder_depth`` the ``upsampling`` that keeps that shape is added to the kwargs
     (and recorded in the spec).
     """
@@ -143,6 +165,11 @@ def create_student(arch: str, encoder_name: str, classes: int, **smp_kwargs: Any
         if bad in kwargs:
             raise ConfigError(f"student.kwargs.{bad} is set by dtlabel; remove it")
     kwargs = _fit_upsampling(arch, kwargs)
+    if is_vision_transformer(encoder_name):
+        if arch != "DPT":
+            raise ConfigError(f"student.encoder={encoder_name} is a vision transformer (one feature map at its patch "
+                              f"stride); smp builds it under student.arch=DPT only, not {arch}")
+        kwargs.setdefault("dynamic_img_size", True)  # the data set's size, not the 224 of its position table
     try:
         model = _smp().create_model(arch, encoder_name=encoder_name, encoder_weights=None, classes=int(classes),
                                     in_channels=3, **kwargs)

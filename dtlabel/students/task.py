@@ -35,7 +35,7 @@ from dtlabel.engine import LoopConfig, Task
 from dtlabel.errors import ConfigError, DataError
 from dtlabel.evaluation import Evaluation, evaluate_segmentation
 from dtlabel.losses import ce_dice_loss, kd_loss, weighted_ce_loss
-from dtlabel.students.model import StudentSpec
+from dtlabel.students.model import StudentSpec, patch_size, resolve_arch
 from dtlabel.synth.augment import augment_synth, collate_synth
 
 
@@ -47,15 +47,27 @@ def check_student_options(sc: DictConfig) -> None:
 
 
 def smp_kwargs(sc: DictConfig) -> dict[str, Any]:
-    """The extra ``smp.create_model`` keyword arguments of the student section."""
+    """The extra ``smp.create_model`` keyword arguments of the student section: the preset's for
+    ``student.arch`` (``student.decoders``), then the user's ``student.kwargs`` over them."""
+    decoders = OmegaConf.to_container(sc.decoders, resolve=True) if sc.get("decoders") is not None else {}
+    arch = resolve_arch(str(sc.arch))
+    preset = next((dict(v) for k, v in dict(decoders).items() if resolve_arch(k) == arch), {})  # type: ignore[call-overload]
     kw = OmegaConf.to_container(sc.kwargs, resolve=True) if sc.get("kwargs") is not None else {}
-    return dict(kw)  # type: ignore[arg-type]
+    return {**preset, **dict(kw)}  # type: ignore[arg-type]
 
 
 def check_input_size(model: torch.nn.Module, spec: StudentSpec, size: tuple[int, int]) -> int:
     """One forward + backward pass at ``size`` so that an unsupported resolution fails before
     training; returns the number of parameters that get no gradient (e.g. encoder stages beyond
     ``encoder_depth`` in timm encoders; DDP must then look for unused parameters)."""
+    patch = patch_size(model)
+    grid = 2 if spec.arch == "DPT" else 1  # DPT's reassembly halves the patch grid once (stride 32)
+    if patch is not None and (size[0] % (patch[0] * grid) or size[1] % (patch[1] * grid)):
+        step = (patch[0] * grid, patch[1] * grid)
+        fit = [max(step[0], size[0] // step[0] * step[0]), max(step[1], size[1] // step[1] * step[1])]
+        halves = f" and {spec.arch} halves the patch grid once" if grid > 1 else ""
+        raise ConfigError(f"data.size={list(size)}: {spec.encoder_name} cuts images into {patch[0]}x{patch[1]} patches"
+                          f"{halves}; use a size divisible by {step[0]}x{step[1]} (e.g. data.size={fit})")
     was = model.training
     model.eval()
     try:
