@@ -172,7 +172,9 @@ def test_input_errors(teacher: Path, cli, tmp_path: Path) -> None:  # noqa: ANN0
 
     assert "pretrain needs --teacher DIR" in err()
     assert "teacher folder not found" in err("--teacher", str(tmp_path / "missing"))
-    assert "pretrain.backbone=vit_tiny_patch16_224" in err("--teacher", str(teacher), "pretrain.backbone=vit_tiny_patch16_224")
+    assert "not a timm CNN" in err("--teacher", str(teacher), "pretrain.backbone=resnet19x")
+    assert "cuts images into 16x16 patches" in err("--teacher", str(teacher), "pretrain.backbone=vit_tiny_patch16_224",
+                                                   "data.size=[40,40]")
     assert "pretrain.teacher_norm=batch" in err("--teacher", str(teacher), "pretrain.teacher_norm=batch")
     assert "pretrain.cache_draws=-1" in err("--teacher", str(teacher), "pretrain.cache_draws=-1")
     assert "pretrain.mapping names ['nope']" in err("--teacher", str(teacher), "+pretrain.mapping={nope: 1}")
@@ -192,3 +194,45 @@ def test_a_pretrain_checkpoint_is_a_backbone_too(pretrained: Path) -> None:
     assert load_backbone(model, ckpt)["tensors"] > 50
     state = load_file(str(pretrained / "backbone" / "backbone.safetensors"))
     assert all(torch.equal(model.encoder.state_dict()[k], state[k]) for k in ("conv1.weight", "layer4.1.bn2.weight"))
+
+
+STUDENT = ("train-student", "--preset", "tiny", "-q", "--labels", "4", "student.epochs=1", "student.epoch_steps=2",
+           "data.n_test=4", "student.val_size=0")
+
+
+def test_a_vision_transformer_pretrains_through_its_feature_pyramid(teacher: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    """ViT-tiny at 32x32 (2x2 patches): the simple pyramid gives strides 4-32, the export is the ViT
+    itself (timm.create_model strict), and a DPT student starts from it; a CNN student refuses it."""
+    import timm
+    from safetensors.torch import load_file
+
+    run = tmp_path / "vit"
+    assert main(["pretrain", *TINY, "--teacher", str(teacher), "pretrain.backbone=vit_tiny_patch16_224",
+                 "--out", str(run)]) == 0
+    desc = json.loads((run / "backbone" / "backbone.json").read_text())
+    assert desc["timm_name"] == "vit_tiny_patch16_224" and desc["features_only"] is False
+    state = load_file(str(run / "backbone" / "backbone.safetensors"))
+    timm.create_model("vit_tiny_patch16_224", pretrained=False).load_state_dict(state, strict=True)
+    student = tmp_path / "dpt"
+    assert main([*STUDENT, "student.arch=DPT", "student.encoder=tu-vit_tiny_patch16_224", "--backbone", str(run),
+                 "--out", str(student)]) == 0
+    assert json.loads((student / "run.json").read_text())["backbone"]["tensors"] == len(state)
+    code, _, err = cli(*STUDENT, "--backbone", str(run), "--out", tmp_path / "cnn")
+    assert code == 2 and err.count("\n") == 1
+    assert "use student.encoder=tu-vit_tiny_patch16_224 with student.arch=DPT" in err
+
+
+def test_convnext_pretrains_through_the_four_stage_path(teacher: Path, tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import load_file
+
+    run = tmp_path / "convnext"
+    assert main(["pretrain", *TINY, "--teacher", str(teacher), "pretrain.backbone=convnext_atto",
+                 "--out", str(run)]) == 0
+    state = load_file(str(run / "backbone" / "backbone.safetensors"))
+    model = timm.create_model("convnext_atto", features_only=True, pretrained=False)
+    model.load_state_dict(state, strict=True)
+    student = tmp_path / "student"
+    assert main([*STUDENT, "student.encoder=tu-convnext_atto", "--backbone", str(run), "--out", str(student)]) == 0
+    # the tiny Unet reads the first stages (encoder_depth 3): their tensors all come from the run
+    assert 40 < json.loads((student / "run.json").read_text())["backbone"]["tensors"] < len(state)

@@ -73,7 +73,7 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
     spec = teacher.feature_spec
     levels = match_levels(spec, teacher.image_size, size, mapping)  # type: ignore[arg-type]
     torch.manual_seed(seed)
-    net = DistillationNet(create_backbone(str(pc.backbone)), spec, levels, int(pc.width),
+    net = DistillationNet(create_backbone(str(pc.backbone), size), spec, levels, int(pc.width),
                           num_classes=head.num_classes if head is not None else 0).to(device)
     images = ImageDataset(source, None, build_transform(size, train=False))
     chunk = int(pc.teacher_batch) if pc.get("teacher_batch") else None
@@ -98,14 +98,15 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
     if result.stopped:  # like fit-teacher: the backbone reached so far is exported, --resume continues
         log.warning("pretrain: stopped by pretrain.max_minutes at step %d of %d; the backbone so far is exported",
                     result.steps, result.total)
-    desc = {"timm_name": str(pc.backbone), "features_only": True, "out_strides": list(STRIDES),
+    vit = net.exported_backbone is not net.backbone  # a ViT: saved whole, as timm.create_model(name)
+    desc = {"timm_name": str(pc.backbone), "features_only": not vit, "out_strides": list(STRIDES),
             "teacher_hash": teacher.teacher_hash(), "teacher": teacher.describe(), "mapping": matched,
             "teacher_norm": str(pc.teacher_norm), "steps": result.steps, "steps_planned": result.total, "stopped_early": result.stopped,
             "schedule": result.schedule, "images_seen": result.steps * task.batch,
             "pool_size": len(images), "data": bundle.name, "data_size": list(size), "mix": head is not None,
             "head": str(cfg.inputs.head) if head is not None else None, "cache_draws": cache_draws}
     if dist.is_main():
-        save_backbone(run.path / BACKBONE, net.backbone, **desc)
+        save_backbone(run.path / BACKBONE, net.exported_backbone, **desc)
         save_training_curves(run.path, f"pretrain {pc.backbone}", "L_MSE + w_AT L_AT" + (" + KD" if head else ""))
         if int(pc.pictures) > 0:
             _pictures(run, task, net, images, min(int(pc.pictures), len(images)), str(pc.teacher_norm), seed,

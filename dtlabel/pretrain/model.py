@@ -1,4 +1,5 @@
-"""The pretrained network: a timm CNN backbone + an UPerNet-shaped feature regressor (docs/METHOD.md §3).
+"""The pretrained network: a timm CNN backbone (or a ViT with a simple feature pyramid, ``vit.py``) + an
+UPerNet-shaped feature regressor (docs/METHOD.md §3).
 
 The backbone is ``timm.create_model(name, features_only=True)`` with its four stages at strides 4, 8,
 16 and 32 (``feature_info``); the regressor is sized from the backbone's ``feature_info`` channels
@@ -30,10 +31,23 @@ from dtlabel.features import FeatureSpec
 STRIDES = (4, 8, 16, 32)
 
 
-def create_backbone(name: str) -> nn.Module:
+def create_backbone(name: str, size: Sequence[int] | None = None) -> nn.Module:
     """``timm.create_model(name, features_only=True, pretrained=False)`` keeping the stages at
-    strides 4-32; ``ConfigError`` for an unknown name or a network without such stages."""
+    strides 4-32, or for a plain vision transformer its simple feature pyramid (:mod:`.vit`);
+    ``ConfigError`` for an unknown name, a network without such stages or (ViT) a data ``size``
+    its patches do not divide."""
     import timm
+
+    from dtlabel.backbones import is_vision_transformer
+
+    if is_vision_transformer(name):
+        from dtlabel.pretrain.vit import ViTPyramid
+
+        pyramid = ViTPyramid(name)
+        if size is not None and (int(size[0]) % pyramid.patch or int(size[1]) % pyramid.patch):
+            raise ConfigError(f"data.size={list(size)}: pretrain.backbone={name} cuts images into {pyramid.patch}x"
+                              f"{pyramid.patch} patches; use a size divisible by {pyramid.patch}")
+        return pyramid
 
     try:
         probe = timm.create_model(name, features_only=True, pretrained=False)
@@ -111,6 +125,11 @@ class DistillationNet(nn.Module):
         self.regressor = FeatureRegressor(backbone.feature_info.channels(), width)
         self.projections = nn.ModuleList(nn.Conv2d(width, int(c), 1) for _, c, _ in spec)
         self.logits = nn.Conv2d(width, num_classes, 1) if num_classes else None
+
+    @property
+    def exported_backbone(self) -> nn.Module:
+        """What pretrain saves: the timm ``features_only`` CNN, or a ViT without its pyramid."""
+        return getattr(self.backbone, "exported", self.backbone)
 
     def forward(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         levels = self.regressor(self.backbone(images))

@@ -69,9 +69,10 @@ class PretrainTask(Task):
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """The regressor, projections (and logits) first, then the backbone as ``encoder``."""
-        own = {id(p) for p in self.model.backbone.parameters()}
+        encoder = self.model.exported_backbone  # a ViT's pyramid trains with the regressor
+        own = {id(p) for p in encoder.parameters()}
         rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in own]
-        return {"regressor": rest, "encoder": [p for p in self.model.backbone.parameters() if p.requires_grad]}
+        return {"regressor": rest, "encoder": [p for p in encoder.parameters() if p.requires_grad]}
 
     def batches(self, start_step: int) -> Iterator[Any]:
         sampler = IndexStream(self.n, self.batch, self.seed, start_step, self.total, self.rank, self.world)

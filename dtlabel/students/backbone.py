@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dtlabel.backbones import is_vision_transformer
 from dtlabel.errors import ModelError
 from dtlabel.io import read_json
 from dtlabel.students.model import WEIGHTS
@@ -81,6 +82,20 @@ def backbone_file(path: str | Path) -> tuple[Path, str | None]:
                      "pass the file itself")
 
 
+def _which(file: Path) -> str:
+    """The remedy of a mismatch: the network a pretrain run's ``backbone.json`` names, if any."""
+    desc_path = file.parent / "backbone.json"
+    if desc_path.is_file():
+        try:
+            name = read_json(desc_path).get("timm_name")
+        except ModelError:
+            name = None
+        if name:
+            return f"it holds a pretrained {name}: use student.encoder=tu-{name}" + (
+                " with student.arch=DPT" if is_vision_transformer(str(name)) else "")
+    return "check student.encoder matches the weights"
+
+
 def load_backbone(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
     """Initialise ``model.encoder`` from a timm-/torchvision-format file or a run folder.
 
@@ -115,8 +130,7 @@ def load_backbone(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
     if missing or wrong:
         what = (f"{len(missing)} encoder tensors missing (e.g. {missing[0]})" if missing
                 else f"{len(wrong)} shape mismatches (e.g. {wrong[0]})")
-        raise ModelError(f"--backbone {file}: does not fit the student encoder: {what}; "
-                         "check student.encoder matches the weights")
+        raise ModelError(f"--backbone {file}: does not fit the student encoder: {what}; {_which(file)}")
     model.encoder.load_state_dict(new, strict=True)  # type: ignore[union-attr]
     log.info("encoder initialised from %s (%d tensors)", file, len(new))
     return {"file": str(file), "tensors": len(new)}

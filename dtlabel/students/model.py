@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from dtlabel.backbones import is_vision_transformer
 from dtlabel.errors import ConfigError, ModelError, did_you_mean
 from dtlabel.saving import ModelFiles
 
@@ -101,19 +102,6 @@ def check_encoder(name: str) -> str:
     return name
 
 
-# timm modules of single-scale vision transformers (one feature map at the patch stride): smp builds
-# them under DPT only, and they read the data set's size through timm's dynamic_img_size
-VIT_MODULES = ("vision_transformer", "deit", "eva", "beit", "vision_transformer_relpos", "vision_transformer_sam")
-
-
-def is_vision_transformer(encoder_name: str) -> bool:
-    """True for a ``tu-<name>`` encoder whose timm model is a plain vision transformer."""
-    import timm
-
-    name = str(encoder_name)
-    return name.startswith("tu-") and timm.models.is_model_in_modules(name[3:], list(VIT_MODULES))
-
-
 def patch_size(model: torch.nn.Module) -> tuple[int, int] | None:
     """The patch size of a student's ViT encoder, None for a CNN encoder."""
     embed = getattr(getattr(getattr(_unwrap(model), "encoder", None), "model", None), "patch_embed", None)
@@ -165,7 +153,7 @@ def create_student(arch: str, encoder_name: str, classes: int, **smp_kwargs: Any
         if bad in kwargs:
             raise ConfigError(f"student.kwargs.{bad} is set by dtlabel; remove it")
     kwargs = _fit_upsampling(arch, kwargs)
-    if is_vision_transformer(encoder_name):
+    if encoder_name.startswith("tu-") and is_vision_transformer(encoder_name):
         if arch != "DPT":
             raise ConfigError(f"student.encoder={encoder_name} is a vision transformer (one feature map at its patch "
                               f"stride); smp builds it under student.arch=DPT only, not {arch}")
