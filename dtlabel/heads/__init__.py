@@ -29,7 +29,6 @@ from dtlabel.heads.base import (
     DESCRIPTOR,
     HEAD_FILES,
     HEADS,
-    WEIGHTS,
     Head,
     entropy,
     image_score,

@@ -11,7 +11,6 @@ an uninterrupted one. Output: a diffusers ``DDPMPipeline`` folder that plain dif
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from dtlabel.device import training_amp
 from dtlabel.engine import CheckpointStore, LoopConfig, Task, train
 from dtlabel.schema import Optim, section
 from dtlabel.errors import ConfigError
-from dtlabel.io import atomic_dir, write_text
+from dtlabel.io import atomic_dir, write_json
 from dtlabel.teachers.fit_arch import (
     ARCHITECTURE,
     build_unet,
@@ -183,7 +182,7 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
         if CheckpointStore(out / "checkpoints").latest() is None:
             load_init_weights(unet, arch["init_from"])
             if dist.is_main() and not (out / ARCHITECTURE).is_file():
-                write_text(out / ARCHITECTURE, json.dumps(arch, indent=2))
+                write_json(out / ARCHITECTURE, arch)
         log.info("trained further from %s (%d steps before this run); fit.model is not used",
                  arch["init_from"], arch["init_steps"])
     unet = unet.to(device)
@@ -201,10 +200,14 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
             export = export.half()  # half the disk size; teachers compute in float32 after loading
         with atomic_dir(teacher_dir) as tmp:
             DDPMPipeline(unet=export, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
-            write_text(tmp / "dtlabel_teacher.json", json.dumps(_teacher_meta(result.steps, size, seed, arch), indent=2))
+            write_json(tmp / TEACHER_META, _teacher_meta(result.steps, size, seed, arch))
     dist.barrier()
     return FitResult(teacher_dir, result.steps, result.loss_ema, result.images_per_second, result.stopped, arch, amp,
                      result.schedule)
+
+
+# beside the diffusers files of an exported teacher: how it was trained (read by fit.init_from)
+TEACHER_META = "dtlabel_teacher.json"
 
 
 def _teacher_meta(step: int, size: Sequence[int], seed: int, arch: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
@@ -263,6 +266,6 @@ def export_checkpoint(run_dir: str | Path, step: int, out: str | Path, dtype: st
     out = Path(out)
     with atomic_dir(out) as tmp:
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
-        write_text(tmp / "dtlabel_teacher.json", json.dumps(
-            _teacher_meta(int(step), size, int(cfg.seed), arch, from_run=run_dir.name, weights=weights), indent=2))
+        write_json(tmp / TEACHER_META, _teacher_meta(int(step), size, int(cfg.seed), arch, from_run=run_dir.name,
+                                                     weights=weights))
     return out
