@@ -133,3 +133,31 @@ def test_a_resume_keeps_its_parameter_groups(tmp_path: Path) -> None:
         task.parameter_groups = Task.parameter_groups.__get__(task)  # type: ignore[method-assign]
         train(task, LoopConfig(steps=4, lr=0.1, encoder_lr_mult=2.0), tmp_path / "other", torch.device("cpu"),
               progress=False)
+
+
+def test_a_checkpoint_from_before_the_groups_resumes_as_one_group(tmp_path: Path) -> None:
+    """A run started by a version without parameter groups (one AdamW group, decay on every
+    parameter, no ``param_groups`` in its state) resumes with that rule: its bias decays from then on."""
+    from dtlabel.engine import CheckpointStore
+
+    run, lr, wd = tmp_path / "run", 0.1, 0.5
+    task = _Frozen()
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    train(task, LoopConfig(steps=4, lr=lr, weight_decay=wd, min_lr_ratio=1.0, max_minutes=0, schedule="steps"),
+          run, torch.device("cpu"), progress=False)  # one step, then the budget stops it (checkpointed)
+    store = CheckpointStore(run / "checkpoints")
+    folder = store.folders()[-1]
+    state = torch.load(folder / "state.pt", weights_only=True)
+    old = torch.optim.AdamW([p for p in task.model.parameters()], lr=lr, weight_decay=wd)
+    old.load_state_dict({"state": {}, "param_groups": old.state_dict()["param_groups"]})
+    state["optimizer"] = old.state_dict()
+    state["lr_scheduler"]["base_lrs"] = [lr]
+    state["lr_scheduler"]["_last_lr"] = [lr]
+    del state["param_groups"]
+    torch.save(state, folder / "state.pt")
+    resumed = _Frozen()
+    train(resumed, LoopConfig(steps=4, lr=lr, weight_decay=wd, min_lr_ratio=1.0, schedule="steps"), run,
+          torch.device("cpu"), progress=False)
+    after = resumed.model.state_dict()
+    assert _shrink(before["2.bias"], after["2.bias"]) == pytest.approx((1 - lr * wd) ** 3, rel=1e-5)
+    assert _shrink(before["2.weight"], after["2.weight"]) == pytest.approx((1 - lr * wd) ** 4, rel=1e-5)
