@@ -56,6 +56,14 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         dist.cleanup()
 
 
+def _teacher(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
+    """``(head or None, teacher)``: with ``--head`` (mix distillation) the head and the teacher it was
+    trained on, read with its options and checked by hash; else the teacher alone."""
+    if cfg.inputs.get("head"):
+        return open_head_with_teacher(str(cfg.inputs.head), str(cfg.inputs.teacher), cfg.teacher, device, str(cfg.amp))
+    return None, teacher_from_config(str(cfg.inputs.teacher), cfg.teacher, amp=str(cfg.amp)).to(device)
+
+
 def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     seed = int(cfg.seed)
     size = data_size(cfg.data)
@@ -63,12 +71,7 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
     source = label_free_pool(bundle, bool(pc.include_labeled))
     if source is None:
         raise DataError(f"data set {bundle.name} has no images to pretrain on; pass --images DIR")
-    head = None
-    if cfg.inputs.get("head"):
-        head, teacher = open_head_with_teacher(str(cfg.inputs.head), str(cfg.inputs.teacher), cfg.teacher, device,
-                                               str(cfg.amp))
-    else:
-        teacher = teacher_from_config(str(cfg.inputs.teacher), cfg.teacher, amp=str(cfg.amp)).to(device)
+    head, teacher = _teacher(cfg, device)
     mapping = OmegaConf.to_container(pc.mapping, resolve=True) if pc.get("mapping") is not None else None
     spec = teacher.feature_spec
     levels = match_levels(spec, teacher.image_size, size, mapping)  # type: ignore[arg-type]
@@ -96,10 +99,11 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
     result = train(task, task.loop_config(str(cfg.amp), pc.get("max_minutes")), run.path, device,
                    progress=not getattr(args, "quiet", False))
     if result.stopped:  # like fit-teacher: the backbone reached so far is exported, --resume continues
-        log.warning("pretrain: stopped by pretrain.max_minutes at step %d of %d; the backbone so far is exported",
+        log.warning("pretrain: stopped by pretrain.max_minutes at step %d of %d; the backbone so far exported",
                     result.steps, result.total)
-    vit = net.exported_backbone is not net.backbone  # a ViT: saved whole, as timm.create_model(name)
-    desc = {"timm_name": str(pc.backbone), "features_only": not vit, "out_strides": list(STRIDES),
+    desc = {"timm_name": str(pc.backbone), "out_strides": list(STRIDES),
+            # a ViT is saved whole (timm.create_model(name)), a CNN as its features_only model
+            "features_only": net.exported_backbone is net.backbone,
             "teacher_hash": teacher.teacher_hash(), "teacher": teacher.describe(), "mapping": matched,
             "teacher_norm": str(pc.teacher_norm), "steps": result.steps, "steps_planned": result.total, "stopped_early": result.stopped,
             "schedule": result.schedule, "images_seen": result.steps * task.batch,
