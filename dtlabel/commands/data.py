@@ -35,14 +35,7 @@ def check(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]
         return _check_synth(run, cfg, args)
     bundle = build_data(cfg.data, announce=False)  # the report's first line says the same
     rep = check_bundle(bundle, progress=_bars(args))
-    print(rep.table())
-    for p in rep.problems[: int(cfg.max_problems)]:
-        print(f"  problem: {p}")
-    if len(rep.problems) > int(cfg.max_problems):
-        print(f"  ... and {len(rep.problems) - int(cfg.max_problems)} more (see summary.json)")
-    write_json(run.path / "summary.json", rep.to_dict())
-    if rep.problems:
-        raise DataError(f"data check found {len(rep.problems)} problem(s) in {bundle.name}; first: {rep.problems[0]}")
+    _report(run, rep, int(cfg.max_problems), bundle.name)
     return {"data": bundle.name, "labeled": rep.labeled, "unlabeled": rep.unlabeled, "problems": 0}
 
 
@@ -50,14 +43,7 @@ def _check_synth(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[st
     from dtlabel.synth.check import check_synth
 
     rep = check_synth(str(cfg.data.root), progress=_bars(args))
-    print(rep.table())
-    for p in rep.problems[: int(cfg.max_problems)]:
-        print(f"  problem: {p}")
-    if len(rep.problems) > int(cfg.max_problems):
-        print(f"  ... and {len(rep.problems) - int(cfg.max_problems)} more (see summary.json)")
-    write_json(run.path / "summary.json", rep.to_dict())
-    if rep.problems:
-        raise DataError(f"data check found {len(rep.problems)} problem(s) in {cfg.data.root}; first: {rep.problems[0]}")
+    _report(run, rep, int(cfg.max_problems), str(cfg.data.root))
     return {"data": "synthesize", "root": str(cfg.data.root), "samples": rep.count, "shards": rep.shards, "problems": 0}
 
 
@@ -98,3 +84,16 @@ def preview(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, An
     log.info("wrote %s", path)
     write_json(run.path / "ids.json", chosen)
     return {"data": bundle.name, "split": split, "ids": chosen, "preview": path.name}
+
+
+def _report(run: Run, rep: Any, max_problems: int, what: str) -> None:
+    """Print a check's table and its first ``max_problems`` problems, write ``summary.json``, and
+    refuse (one line, exit 2) when it found any: the same ending for a data set and a synth run."""
+    print(rep.table())
+    for p in rep.problems[:max_problems]:
+        print(f"  problem: {p}")
+    if len(rep.problems) > max_problems:
+        print(f"  ... and {len(rep.problems) - max_problems} more (see summary.json)")
+    write_json(run.path / "summary.json", rep.to_dict())
+    if rep.problems:
+        raise DataError(f"data check found {len(rep.problems)} problem(s) in {what}; first: {rep.problems[0]}")

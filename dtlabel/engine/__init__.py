@@ -10,7 +10,8 @@ fit-teacher, train-head and train-student are tasks; a new training command is o
 """
 
 from dtlabel.engine.checkpoint import CheckpointStore
-from dtlabel.engine.loop import METRICS, LoopConfig, OptimConfig, TrainResult, train
+from dtlabel.engine.config import LoopConfig, OptimConfig
+from dtlabel.engine.loop import METRICS, TrainResult, train
 from dtlabel.engine.schedule import warmup_cosine
 from dtlabel.engine.task import Task
 

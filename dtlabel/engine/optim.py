@@ -25,7 +25,7 @@ import torch
 from dtlabel.errors import ConfigError, RunError
 
 if TYPE_CHECKING:
-    from dtlabel.engine.loop import LoopConfig
+    from dtlabel.engine.config import LoopConfig
     from dtlabel.engine.task import Task
 
 LEGACY = ["all"]  # the groups of a checkpoint that records none: one group, decay on every parameter

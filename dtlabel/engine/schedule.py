@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from dtlabel.errors import RunError
 
 if TYPE_CHECKING:
-    from dtlabel.engine.loop import LoopConfig
+    from dtlabel.engine.config import LoopConfig
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0) -> Callable[[int], float]:
