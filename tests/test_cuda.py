@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from dtlabel.teachers import TEACHERS, load_teacher
-from dtlabel.teachers.tiny import build_tiny_ddpm, build_tiny_sd
+from dtlabel.teachers.tiny import build_tiny_ddpm, build_tiny_gan, build_tiny_sd
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-TINY = {"ddpm": (build_tiny_ddpm, 32), "stable-diffusion": (build_tiny_sd, 64)}
+TINY = {"ddpm": (build_tiny_ddpm, 32), "stable-diffusion": (build_tiny_sd, 64), "gan": (build_tiny_gan, 32)}
 
 
 @pytest.mark.parametrize("family", TEACHERS.names())
@@ -26,8 +26,9 @@ def test_features_on_cuda_match_cpu(family: str, tmp_path: Path) -> None:
     build, size = TINY[family]
     folder = build(tmp_path / family)
     images = torch.rand((2, 3, size, size), generator=torch.Generator().manual_seed(0)) * 2 - 1
-    cpu = load_teacher(folder, timesteps=(50,), amp="off")
-    gpu = load_teacher(folder, timesteps=(50,), amp="off").to("cuda")
+    options = {} if family == "gan" else {"timesteps": (50,)}
+    cpu = load_teacher(folder, amp="off", **options)
+    gpu = load_teacher(folder, amp="off", **options).to("cuda")
     a, b = cpu.features(images, seed=[3, 4]), gpu.features(images, seed=[3, 4])
     assert list(a) == list(b)
     for name in a:

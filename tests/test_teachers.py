@@ -1,4 +1,4 @@
-"""Tests of dtlabel.teachers on tiny random models (32 px DDPM, 64 px Stable Diffusion), CPU only."""
+"""Tests of dtlabel.teachers on tiny random models (32 px DDPM and GAN, 64 px Stable Diffusion), CPU only."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from dtlabel.teachers import (
     DDPMTeacher,
     DiffusionTeacher,
     FeatureSpec,
+    GanTeacher,
     SampleOutput,
     StableDiffusionTeacher,
     Teacher,
@@ -29,11 +30,13 @@ from dtlabel.teachers import (
     register_teacher,
     teacher_from_config,
 )
-from dtlabel.teachers.tiny import build_tiny_ddpm, build_tiny_sd
+from dtlabel.teachers.tiny import build_tiny_ddpm, build_tiny_gan, build_tiny_sd
 
 # Every registered family needs a tiny model here: the contract tests run over all of them.
-TINY = {"ddpm": build_tiny_ddpm, "stable-diffusion": build_tiny_sd}
-SIZES = {"ddpm": 32, "stable-diffusion": 64}
+TINY = {"ddpm": build_tiny_ddpm, "stable-diffusion": build_tiny_sd, "gan": build_tiny_gan}
+SIZES = {"ddpm": 32, "stable-diffusion": 64, "gan": 32}
+#: the families that read features by noising an image (timesteps, noise draws, samplers)
+DIFFUSION = [name for name in TEACHERS.names() if issubclass(TEACHERS[name], DiffusionTeacher)]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,8 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def teachers(model_dirs: dict[str, Path]) -> dict[str, Teacher]:
-    return {name: load_teacher(path, timesteps=(50, 150)) for name, path in model_dirs.items()}
+    return {name: load_teacher(path, **({"timesteps": (50, 150)} if name in DIFFUSION else {}))
+            for name, path in model_dirs.items()}
 
 
 def images(family: str, n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -56,6 +60,7 @@ def images(family: str, n: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 FAMILIES = pytest.mark.parametrize("family", TEACHERS.names())
+DIFFUSION_FAMILIES = pytest.mark.parametrize("family", DIFFUSION)
 
 
 # ---------------------------------------------------------------------------- feature spec
@@ -70,7 +75,7 @@ def test_feature_spec_round_trip() -> None:
         FeatureSpec.from_dict({"names": ["a"]})
 
 
-@FAMILIES
+@DIFFUSION_FAMILIES
 def test_features_match_spec(teachers: dict[str, Teacher], family: str) -> None:
     teacher = teachers[family]
     spec = teacher.feature_spec
@@ -91,7 +96,7 @@ def test_stable_diffusion_strides_are_relative_to_the_image(teachers: dict[str, 
     assert teacher.feature_spec.strides == (16, 8, 8)  # 8x8 latents: up_blocks.0 at 4x4
 
 
-@FAMILIES
+@DIFFUSION_FAMILIES
 def test_same_seed_same_features_other_seed_differs(teachers: dict[str, Teacher], family: str) -> None:
     teacher, x = teachers[family], images(family)
     a, b, c = teacher.features(x, seed=3), teacher.features(x, seed=3), teacher.features(x, seed=4)
@@ -100,7 +105,7 @@ def test_same_seed_same_features_other_seed_differs(teachers: dict[str, Teacher]
         assert not torch.allclose(a[k], c[k])
 
 
-@FAMILIES
+@DIFFUSION_FAMILIES
 def test_per_image_seeds_make_features_independent_of_the_batch(teachers: dict[str, Teacher], family: str) -> None:
     teacher, x = teachers[family], images(family, n=3)
     full = teacher.features(x, seed=[10, 11, 12])
@@ -111,7 +116,7 @@ def test_per_image_seeds_make_features_independent_of_the_batch(teachers: dict[s
         teacher.features(x, seed=[1, 2])
 
 
-@FAMILIES
+@DIFFUSION_FAMILIES
 def test_concat_over_timesteps_sums_channels(
     model_dirs: dict[str, Path], teachers: dict[str, Teacher], family: str
 ) -> None:
@@ -129,7 +134,7 @@ def test_concat_over_timesteps_sums_channels(
         torch.testing.assert_close(single[f"{block}@t=50"], fs[f"{block}@t=50"], atol=1e-5, rtol=1e-5)
 
 
-@FAMILIES
+@DIFFUSION_FAMILIES
 def test_early_stop_and_batching_give_the_same_features(
     model_dirs: dict[str, Path], teachers: dict[str, Teacher], family: str
 ) -> None:
@@ -148,7 +153,7 @@ def test_early_stop_and_batching_give_the_same_features(
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
 
 
-@FAMILIES
+@DIFFUSION_FAMILIES
 def test_noise_draws_average(teachers: dict[str, Teacher], family: str) -> None:
     teacher, x = teachers[family], images(family)
     one, two, again = (teacher.features(x, noise_draws=d) for d in (1, 2, 2))
@@ -179,7 +184,7 @@ def test_sample_shapes_and_per_index_determinism(teachers: dict[str, Teacher], f
     assert teacher.sample(2, steps=1, return_features=False).features is None
 
 
-@FAMILIES
+@DIFFUSION_FAMILIES
 @pytest.mark.parametrize("sampler", ["ddpm", "dpm"])
 def test_other_samplers_are_deterministic(model_dirs: dict[str, Path], family: str, sampler: str) -> None:
     teacher = create_teacher(family, model_dirs[family], sampler=sampler)
@@ -188,7 +193,7 @@ def test_other_samplers_are_deterministic(model_dirs: dict[str, Path], family: s
     torch.testing.assert_close(a.images, b.images, atol=1e-4, rtol=1e-4)
 
 
-@FAMILIES
+@DIFFUSION_FAMILIES
 def test_capture_mode_features_match_spec(model_dirs: dict[str, Path], family: str) -> None:
     kwargs = {"prompt": "a cat", "guidance_scale": 2.0} if family == "stable-diffusion" else {}
     teacher = create_teacher(family, model_dirs[family], timesteps=(50, 900), sample_features="capture", **kwargs)
@@ -381,7 +386,9 @@ def test_every_family_keeps_the_teacher_contract(
 
 
 def test_diffusion_families_differ_only_where_they_say() -> None:
-    for family in TEACHERS.names():
+    assert set(TEACHERS.names()) - set(DIFFUSION) == {"gan"}
+    assert GanTeacher.can_sample and not issubclass(GanTeacher, DiffusionTeacher)
+    for family in DIFFUSION:
         cls = TEACHERS[family]
         assert issubclass(cls, DiffusionTeacher) and cls.can_sample
         assert set(cls.options()) >= {"blocks", "timesteps", "amp", "sampler"}
@@ -472,7 +479,7 @@ def test_a_duplicate_family_name_is_refused(pool_family: Path) -> None:
 
 def test_unknown_family_names_the_registered_ones(pool_family: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown teacher family 'toy-pol' \(did you mean: toy-pool\?\); available: "
-                                          r"ddpm, stable-diffusion, toy-pool, auto"):
+                                          r"ddpm, gan, stable-diffusion, toy-pool, auto"):
         create_teacher("toy-pol", pool_family)
     TEACHERS.unregister("toy-pool")
     try:

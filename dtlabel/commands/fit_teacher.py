@@ -20,6 +20,7 @@ from dtlabel.errors import DataError
 from dtlabel.report import save_grid, save_training_curves
 from dtlabel.runs import Run
 from dtlabel.teachers.fit import fit_ddpm, teacher_size
+from dtlabel.teachers.gan_fit import fit_gan
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,12 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         raise DataError(f"data set {bundle.name} has no images to train a teacher on; pass --images DIR")
     images = ImageDataset(source, None, build_transform(size, train=False))
     log.info("training on %d images at %dx%d (HxW)", len(images), *size)
-    result = fit_ddpm(images, run.path, fit, size, device, int(cfg.seed), str(cfg.amp), int(cfg.num_workers),
-                      progress=not args.quiet)
+    gan = str(fit.family) == "gan"
+    trainer = fit_gan if gan else fit_ddpm
+    result = trainer(images, run.path, fit, size, device, int(cfg.seed), str(cfg.amp), int(cfg.num_workers),
+                     progress=not args.quiet)
     desc: dict[str, Any] = {
-        "teacher": "teacher", "family": "ddpm", "size": list(size), "steps": result.steps,
+        "teacher": "teacher", "family": str(fit.family), "size": list(size), "steps": result.steps,
         "steps_planned": int(fit.steps), "stopped_early": result.stopped_early, "schedule": result.schedule,
         "final_loss": None if math.isnan(result.final_loss) else round(result.final_loss, 6), "images_per_second": round(result.images_per_second, 3),
         "data": bundle.name, "num_images": len(images), "amp": result.amp,
@@ -45,7 +48,12 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     arch = result.architecture
     if arch:
         desc.update(init_from=arch["init_from"], init_steps=arch["init_steps"], total_steps=arch["init_steps"] + result.steps)
-    if dist.is_main():
+    if gan:
+        desc["encoder_steps"] = result.encoder.steps if result.encoder else 0
+    if dist.is_main() and gan:
+        save_training_curves(run.path, "fit-teacher (GAN) loss", "D + R1 + G loss")
+        desc.update(_gan_pictures(run.path, result.teacher_dir, images, int(fit.sample_n), int(cfg.seed)))
+    elif dist.is_main():
         save_training_curves(run.path, "fit-teacher loss", "MSE (noise prediction)", logy=True)
         if int(fit.sample_n) > 0:
             _sample_grid(run.path, result.teacher_dir, int(fit.sample_n), int(fit.sample_steps), int(cfg.seed), device)
@@ -70,3 +78,31 @@ def _sample_grid(path: Path, teacher_dir: Path, n: int, steps: int, seed: int, d
     cols = 8 if n >= 8 else n
     rows = [list(imgs[k:k + cols]) for k in range(0, n, cols)]
     save_grid(path / "samples.png", rows, suptitle=f"teacher samples (DDIM, {steps} steps)")
+
+
+@torch.no_grad()
+def _gan_pictures(path: Path, teacher_dir: Path, images: ImageDataset, n: int, seed: int) -> dict[str, Any]:
+    """``samples.png`` from the exported GAN teacher; with an encoder, ``reconstructions.png`` (the
+    first ``n`` pool images over their reconstructions ``G(E(x))``) and their mean absolute error."""
+    from dtlabel.teachers.gan import GanTeacher
+
+    if n < 1:
+        return {}
+    teacher = GanTeacher(teacher_dir)
+    cols = 8 if n >= 8 else n
+    grid = lambda x: [list(x[k:k + cols]) for k in range(0, len(x), cols)]  # noqa: E731
+    save_grid(path / "samples.png", grid(_uint8(teacher.sample(n, seed=seed, return_features=False).images)),
+              suptitle="GAN teacher samples (EMA generator)")
+    if teacher.encoder is None:
+        return {}
+    real = torch.stack([images[i] for i in range(min(n, len(images)))])
+    recon = teacher.features_at(teacher.encode(real))[0]
+    error = float((recon - real).abs().mean())
+    rows = grid(_uint8(real))[:1] + grid(_uint8(recon))[:1]
+    save_grid(path / "reconstructions.png", rows, suptitle=f"pool images (top) and G(E(x)) (bottom), L1 {error:.3f}")
+    return {"reconstruction_l1": round(error, 5)}
+
+
+def _uint8(x: torch.Tensor) -> list[np.ndarray]:
+    return list(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+

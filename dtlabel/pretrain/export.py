@@ -40,7 +40,7 @@ def _pca_rgb(maps: Sequence[torch.Tensor], size: Sequence[int]) -> list[np.ndarr
     """Project ``(C, h, w)`` maps on the first 3 principal components of the first; RGB uint8 at ``size``."""
     first = maps[0].float().flatten(1).T  # (hw, C)
     mean = first.mean(0, keepdim=True)
-    _, _, v = torch.pca_lowrank(first - mean, q=min(3, first.shape[1]), center=False)
+    _, _, v = torch.pca_lowrank(first - mean, q=min(3, *first.shape), center=False)
     proj = [((m.float().flatten(1).T - mean) @ v).T.reshape(-1, *m.shape[-2:]) for m in maps]
     lo = proj[0].amin(dim=(1, 2), keepdim=True)
     hi = proj[0].amax(dim=(1, 2), keepdim=True)

@@ -35,9 +35,29 @@ class Optim(OptimConfig):
 
 
 @dataclass
-class FitSection:
-    """``fit``: training a diffusion teacher (``dtlabel fit-teacher``)."""
+class GanSection:
+    """``fit.gan``: the GAN teacher of ``fit.family=gan`` (``dtlabel.teachers.gan_fit``)."""
 
+    z_dim: int = num(32, ge=1)
+    width: int = num(8, ge=1)                    # generator channels at full size (doubling per halving)
+    d_width: int = num(8, ge=1)                  # discriminator's and encoder's channels at full size
+    max_channels: int = num(128, ge=1)
+    optim: Optim = sub(Optim)
+    r1_gamma: float = num(1.0, ge=0)
+    diffaug: list[str] = listof("color", "translation", "cutout")  # DiffAugment policies ([] : none)
+    ema_decay: float = num(0.99, ge=0, lt=1)
+    encoder_steps: int = num(12, ge=0)           # 0: no encoder (the teacher then samples only)
+    encoder_optim: Optim = sub(Optim)
+    perceptual_weight: float = num(1.0, ge=0)
+    cycle_weight: float = num(1.0, ge=0)
+
+
+@dataclass
+class FitSection:
+    """``fit``: training a teacher (``dtlabel fit-teacher``): a DDPM (``family=ddpm``) or a GAN."""
+
+    family: Literal["ddpm", "gan"] = "ddpm"
+    gan: GanSection = sub(GanSection)
     model: dict[str, Any] = sub(dict)            # diffusers UNet2DModel arguments
     size: Size | None = None
     scale: float = num(1.0, gt=0, le=1)

@@ -32,6 +32,7 @@ from dtlabel.teachers.loading import (
 # the built-in families register themselves on import, as a plug-in would
 from dtlabel.teachers.ddpm import DDPMTeacher
 from dtlabel.teachers.stable_diffusion import StableDiffusionTeacher
+from dtlabel.teachers.gan import GanTeacher
 
 __all__ = [
     "TEACHERS",
@@ -39,6 +40,7 @@ __all__ = [
     "DDPMTeacher",
     "DiffusionTeacher",
     "FeatureSpec",
+    "GanTeacher",
     "SampleOutput",
     "StableDiffusionTeacher",
     "Teacher",

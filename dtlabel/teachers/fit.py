@@ -30,6 +30,7 @@ from dtlabel.engine import CheckpointStore, LoopConfig, Task, train
 from dtlabel.schema import Optim, section
 from dtlabel.errors import ConfigError
 from dtlabel.io import atomic_dir, write_json
+from dtlabel.teachers.loading import TEACHER_META
 from dtlabel.teachers.fit_arch import (
     ARCHITECTURE,
     build_unet,
@@ -59,6 +60,7 @@ class FitResult:
     architecture: dict[str, Any] | None = None  # fit.init_from runs: see init_architecture
     amp: str = "auto"                            # the precision it trained in (fit_amp)
     schedule: str = "steps"                      # the lr schedule it followed (fit.optim.schedule, auto resolved)
+    encoder: Any = None                          # a GAN's second stage (the engine's TrainResult), or None
 
 
 class FitTask(Task):
@@ -206,8 +208,6 @@ def fit_ddpm(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], d
                      result.schedule)
 
 
-# beside the diffusers files of an exported teacher: how it was trained (read by fit.init_from)
-TEACHER_META = "dtlabel_teacher.json"
 
 
 def _teacher_meta(step: int, size: Sequence[int], seed: int, arch: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:

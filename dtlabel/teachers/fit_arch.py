@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from dtlabel.data import data_size
 from dtlabel.errors import ConfigError, ModelError
 from dtlabel.io import read_json
+from dtlabel.teachers.loading import TEACHER_META
 
 
 def _check_size(size: Sequence[int], n_down: int, unet: str) -> None:
@@ -115,7 +116,7 @@ def init_architecture(path: str | Path) -> dict[str, Any]:
         raise ModelError(f"fit.init_from {path}: no safetensors weights in {unet_dir}")
     sched_file = root / "scheduler" / "scheduler_config.json"
     sched = read_json(sched_file, ModelError) if sched_file.is_file() else {}
-    meta_file = root / "dtlabel_teacher.json"
+    meta_file = root / TEACHER_META
     meta = read_json(meta_file, ModelError) if meta_file.is_file() else {}
     return {"unet": unet, "scheduler": {k: sched[k] for k in _SCHEDULER_KEYS if k in sched},
             "init_from": str(path), "init_steps": int(meta.get("trained_steps") or 0),

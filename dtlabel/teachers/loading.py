@@ -51,6 +51,10 @@ def shipped_model(path: str | Path) -> Path | None:
     return folder if folder.is_dir() else None
 
 
+# beside an exported teacher's weights: how it was trained (family, steps, size, seed; read by fit.init_from)
+TEACHER_META = "dtlabel_teacher.json"
+
+
 def resolve_model_root(path: str | Path) -> Path:
     """Return the folder that holds the model for ``path``.
 
@@ -67,7 +71,7 @@ def resolve_model_root(path: str | Path) -> Path:
             "diffusers model folder"
         )
     sub = path / "teacher"
-    if sub.is_dir() and ((sub / "model_index.json").is_file() or (sub / "config.json").is_file()):
+    if sub.is_dir() and any((sub / name).is_file() for name in ("model_index.json", "config.json", "gan.json")):
         if (path / "config.yaml").is_file() and not (path / "run.json").is_file():
             raise ModelError(f"teacher folder {path}: an unfinished fit-teacher run (no run.json); finish it with "
                              "the same command and --resume, or pass its teacher/ folder on purpose")

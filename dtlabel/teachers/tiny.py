@@ -1,4 +1,5 @@
-"""Tiny random-weight diffusion models, saved in diffusers format, for tests and ``--preset tiny``.
+"""Tiny random-weight teachers (diffusion models in diffusers format, a GAN folder) for tests and
+``--preset tiny``.
 
 Both builders write ordinary ``save_pretrained`` folders (safetensors + JSON configs) that the
 teachers in this package, or any diffusers user, load with ``from_pretrained``. Nothing is
@@ -10,21 +11,25 @@ vocabulary written here.
 - :func:`build_tiny_sd`: a Stable-Diffusion-1.x-shaped folder (``UNet2DConditionModel``,
   ``AutoencoderKL`` with an 8x downsampling, ``CLIPTextModel`` + ``CLIPTokenizer``,
   ``PNDMScheduler``), about 1 MB, 64 px images -> 8x8 latents by default.
+- :func:`build_tiny_gan`: a dtlabel GAN folder (generator + encoder, ``gan.json``), about 0.2 MB.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from dtlabel.teachers.gan import save_gan
+from dtlabel.teachers.gan_arch import Encoder, Generator
 from dtlabel.teachers.loading import quiet_progress_bars
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TINY_DDPM_UNET", "build_tiny_ddpm", "build_tiny_sd", "tiny_ddpm_unet_config", "write_tiny_clip_vocab"]
+__all__ = ["TINY_DDPM_UNET", "build_tiny_ddpm", "build_tiny_gan", "build_tiny_sd", "tiny_ddpm_unet_config", "write_tiny_clip_vocab"]
 
 # UNet2DModel kwargs of the tiny DDPM (sample_size is filled in by the builder).
 TINY_DDPM_UNET: dict = {
@@ -182,3 +187,13 @@ def build_tiny_sd(path: str | Path, sample_size: int = 64, seed: int = 0) -> Pat
     # keep the hand-written BPE files beside whatever the tokenizer saved (they define it offline)
     logger.info("wrote tiny Stable Diffusion to %s (tokenizer files %s, %s)", path, vocab_file.name, merges_file.name)
     return path
+
+
+def build_tiny_gan(path: str | Path, size: int | Sequence[int] = 32, seed: int = 0, encoder: bool = True) -> Path:
+    """A tiny random-weight GAN folder at ``path``, ``size`` px (``encoder``: with its inversion encoder)."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = Generator(hw, z_dim=16, width=4, max_channels=32)
+        enc = Encoder(hw, z_dim=16, width=4, max_channels=32) if encoder else None
+    return save_gan(path, gen, enc, {"trained_steps": 0, "size": list(hw), "seed": int(seed)})

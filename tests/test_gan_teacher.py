@@ -1,0 +1,145 @@
+"""The GAN teacher family: fit-teacher fit.family=gan, its folder, and the commands that read it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import kill_after_first_checkpoint_then_resume
+from safetensors.torch import load_file
+
+ARGS = ("fit-teacher", "--preset", "tiny", "fit.family=gan", "fit.steps=6", "fit.checkpoint_every=2",
+        "fit.gan.encoder_steps=4", "fit.sample_n=4", "data.size=[32,32]", "-q")
+TINY = ("--preset", "tiny", "data.size=[32,32]", "-q")
+
+
+def _teacher_bytes(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run / "teacher").iterdir()) if p.suffix == ".safetensors"}
+
+
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dtlabel.cli import main
+
+    out = tmp_path_factory.mktemp("gan") / "fit"
+    assert main([*ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def test_fit_writes_a_self_describing_teacher_folder(gan_run: Path) -> None:
+    from dtlabel.teachers import GanTeacher, load_teacher
+    from dtlabel.teachers.gan_arch import Encoder, Generator
+
+    desc = json.loads((gan_run / "run.json").read_text())
+    assert desc["family"] == "gan" and desc["steps"] == 6 and desc["encoder_steps"] == 4
+    assert 0 < desc["reconstruction_l1"] < 2
+    for name in ("loss.png", "samples.png", "reconstructions.png", "metrics.jsonl"):
+        assert (gan_run / name).is_file(), name
+    folder = gan_run / "teacher"
+    gan = json.loads((folder / "gan.json").read_text())
+    assert gan["format"] == "dtlabel-gan/1" and gan["generator"]["size"] == [32, 32]
+    # the folder loads with the networks alone (no training code), into the teacher's own weights
+    gen = Generator(**gan["generator"])
+    gen.load_state_dict(load_file(str(folder / "generator.safetensors")), strict=True)
+    Encoder(**gan["encoder"]).load_state_dict(load_file(str(folder / "encoder.safetensors")), strict=True)
+    teacher = load_teacher(gan_run)
+    assert isinstance(teacher, GanTeacher) and teacher.encoder is not None
+    z = teacher.latents(2, 5, teacher.z_dim)
+    torch.testing.assert_close(gen.eval()(z), teacher.features_at(z)[0])
+
+
+def test_samples_carry_the_generator_maps_at_strides_4_to_32(gan_run: Path) -> None:
+    from dtlabel.teachers import load_teacher
+
+    teacher = load_teacher(gan_run)
+    out = teacher.sample(3, seed=11, batch_size=2)
+    assert out.images.shape == (3, 3, 32, 32) and out.seeds == [11, 12, 13]
+    assert teacher.feature_spec.strides == (32, 16, 8, 4)
+    for (name, channels, stride), f in zip(teacher.feature_spec, out.features.values()):
+        assert f.shape == (3, channels, 32 // stride, 32 // stride), name
+    alone = teacher.sample(1, seed=13)  # sample 2 of seed 11 is seed 13's first
+    torch.testing.assert_close(out.images[2:], alone.images)
+    # a real image's features are the generator's maps at its encoded latent
+    feats = teacher.features(out.images)
+    again = teacher.features_at(teacher.encode(out.images))[1]
+    assert all(torch.equal(feats[k], again[k]) for k in feats)
+
+
+def test_budget_stop_then_resume_gives_the_same_teacher(gan_run: Path, tmp_path: Path) -> None:
+    from dtlabel.cli import main
+
+    out = tmp_path / "split"
+    assert main([*ARGS, "fit.max_minutes=0", "fit.optim.schedule=steps", "--out", str(out)]) == 0
+    first = json.loads((out / "run.json").read_text())
+    assert first["stopped_early"] is True and first["encoder_steps"] == 0  # a samples-only teacher so far
+    assert json.loads((out / "teacher" / "gan.json").read_text())["encoder"] is None
+    assert main([*ARGS, "--resume", "--out", str(out)]) == 0
+    assert _teacher_bytes(out) == _teacher_bytes(gan_run)
+
+
+def test_sigkill_then_resume_gives_the_same_teacher(gan_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "dtlabel.cli", *ARGS, "fit.steps=60", "fit.checkpoint_every=3", "--out", str(out)]
+    kill_after_first_checkpoint_then_resume(cmd, out, settle=0.2)
+    from dtlabel.cli import main
+
+    ref = tmp_path / "whole"
+    assert main([*ARGS, "fit.steps=60", "fit.checkpoint_every=3", "--out", str(ref)]) == 0
+    assert _teacher_bytes(out) == _teacher_bytes(ref)
+
+
+def test_commands_read_a_gan_teacher_unchanged(gan_run: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    head, synth, pool, pre = (tmp_path / n for n in ("head", "synth", "pool", "pretrain"))
+    code, _, err = cli("train-head", "--labels", "8", "--teacher", gan_run, *TINY, "--out", head)
+    assert code == 0, err
+    code, _, err = cli("synthesize", "--teacher", gan_run, "--head", head, "--n", "6", *TINY, "--out", synth)
+    assert code == 0, err
+    manifest = json.loads((synth / "manifest.json").read_text())
+    assert manifest["count"] == 6 and manifest["sampler"] == "generator"
+    code, _, err = cli("synthesize", "--teacher", gan_run, "--head", head, *TINY, "synth.pool_images=4", "--out", pool)
+    assert code == 0, err
+    code, _, err = cli("pretrain", "--teacher", gan_run, *TINY, "--out", pre)
+    assert code == 0, err
+    code, _, err = cli("train-student", "--labels", "8", "--synth", synth, *TINY, "--out", tmp_path / "student")
+    assert code == 0, err
+    assert 0 <= json.loads((tmp_path / "student" / "run.json").read_text())["test_miou"] <= 100
+
+
+def test_a_gan_without_encoder_cannot_read_real_images(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    from dtlabel.teachers.tiny import build_tiny_gan
+
+    folder = build_tiny_gan(tmp_path / "gan", encoder=False)
+    code, _, err = cli("train-head", "--labels", "8", "--teacher", folder, *TINY, "--out", tmp_path / "head")
+    assert code == 2 and err.count("\n") == 1 and "has no encoder, so it cannot read real images" in err
+
+
+def test_gan_size_must_be_a_multiple_of_32(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    code, _, err = cli(*ARGS, "data.size=[48,40]", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "multiples of 32 on each side, got 48x40" in err
+
+
+def test_unknown_diffaug_policy(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    code, _, err = cli(*ARGS, "fit.gan.diffaug=[color,cutuot]", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "fit.gan.diffaug: unknown policy 'cutuot' (did you mean: cutout?)" in err
+
+
+def test_a_gan_folder_missing_its_encoder_weights(gan_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from dtlabel.errors import ModelError
+    from dtlabel.teachers import load_teacher
+
+    broken = tmp_path / "broken"
+    shutil.copytree(gan_run / "teacher", broken)
+    (broken / "encoder.safetensors").unlink()
+    with pytest.raises(ModelError, match="names an encoder but encoder.safetensors is missing") as exc:
+        load_teacher(broken)
+    assert "\n" not in str(exc.value)
+
+
+def test_init_from_is_for_ddpm_teachers(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    code, _, err = cli(*ARGS, "fit.init_from=models/default", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "a GAN teacher continues its own run with --resume" in err
