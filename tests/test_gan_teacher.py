@@ -143,3 +143,33 @@ def test_a_gan_folder_missing_its_encoder_weights(gan_run: Path, tmp_path: Path)
 def test_init_from_is_for_ddpm_teachers(tmp_path: Path, cli) -> None:  # noqa: ANN001
     code, _, err = cli(*ARGS, "fit.init_from=models/default", "--out", tmp_path / "r")
     assert code == 2 and err.count("\n") == 1 and "a GAN teacher continues its own run with --resume" in err
+
+
+def test_pretrain_on_samples_resumes_to_the_same_backbone(gan_run: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    from dtlabel.cli import main
+
+    args = ("pretrain", "--teacher", gan_run, *TINY, "pretrain.source=samples", "pretrain.steps=4",
+            "pretrain.checkpoint_every=2", "pretrain.optim.schedule=steps")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    code, _, err = cli(*args, "--out", whole)
+    assert code == 0, err
+    desc = json.loads((whole / "run.json").read_text())
+    assert desc["source"] == "samples" and desc["pool_size"] is None and desc["images_seen"] == 16
+    assert (whole / "features.png").is_file()
+    assert main([*map(str, args), "pretrain.max_minutes=0", "--out", str(split)]) == 0  # one step, then stopped
+    assert json.loads((split / "run.json").read_text())["steps"] == 1
+    assert main([*map(str, args), "--resume", "--out", str(split)]) == 0
+    weights = "backbone/backbone.safetensors"
+    assert (split / weights).read_bytes() == (whole / weights).read_bytes()
+
+
+def test_a_samples_only_gan_pretrains_on_samples_by_default(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    from dtlabel.teachers.tiny import build_tiny_gan
+
+    folder = build_tiny_gan(tmp_path / "gan", encoder=False)
+    code, _, err = cli("pretrain", "--teacher", folder, *TINY, "pretrain.steps=2", "--out", tmp_path / "p")
+    assert code == 0, err
+    assert json.loads((tmp_path / "p" / "run.json").read_text())["source"] == "samples"
+    code, _, err = cli("pretrain", "--teacher", folder, *TINY, "pretrain.source=samples", "--images", tmp_path,
+                       "--out", tmp_path / "q")
+    assert code == 2 and err.count("\n") == 1 and "drop --images DIR" in err

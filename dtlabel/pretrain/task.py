@@ -85,12 +85,21 @@ class PretrainTask(Task):
         noise = [seeds.noise(self.seed, stream, int(i)) for stream, i in zip(streams, indices)]
         with torch.no_grad():
             teacher = self.feats(images, noise)
-            soft = None
-            if self.head is not None:
-                h, w = images.shape[-2:]
-                probs, _ = self.head.predict(teacher, (h // 4, w // 4))
-                soft = probs.clamp_min(1e-8).log()
-        return {"teacher": teacher, "soft": soft}
+        return {"teacher": teacher, "soft": self.soft_labels(teacher, images.shape[-2:])}
+
+    @torch.no_grad()
+    def soft_labels(self, teacher: dict[str, torch.Tensor], size: Any) -> torch.Tensor | None:
+        """Mix distillation's target: the head's log-probabilities at 1/4 of ``size``, or None."""
+        if self.head is None:
+            return None
+        probs, _ = self.head.predict(teacher, (int(size[0]) // 4, int(size[1]) // 4))
+        return probs.clamp_min(1e-8).log()
+
+    @torch.no_grad()
+    def picture_batch(self, images: Dataset, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``n`` pool images and their teacher maps (evaluation noise), for ``features.png``."""
+        x = torch.stack([images[i] for i in range(n)])
+        return x, self.feats(x, [seeds.noise(self.seed, seeds.EVAL_STREAM, i) for i in range(n)])
 
     def micro_batches(self, batch: Any, step: int) -> list[tuple[Any, float]]:
         positions, indices, images = batch

@@ -219,6 +219,7 @@ class PretrainSection:
     kd_weight: float = num(1.0, ge=0)
     tau: float = num(4.0, gt=0)
     include_labeled: bool = True
+    source: Literal["auto", "images", "samples"] = "auto"  # samples: the teacher's own draws (auto: when it reads no images)
     epochs: int = num(2, ge=1)
     steps: int | None = num(8, ge=1)
     batch_size: int = num(4, ge=1)

@@ -125,6 +125,11 @@ class Teacher(RecordsConfig, torch.nn.Module, ABC):
     def check_image_size(self, height: int, width: int) -> None:
         """Raise ``ConfigError`` if ``(height, width)`` images cannot be used with this teacher."""
 
+    @property
+    def reads_images(self) -> bool:
+        """True if :meth:`features` reads real images (a GAN without its inversion encoder does not)."""
+        return True
+
     def spec_for(self, **options: Any) -> FeatureSpec:
         """Spec of :meth:`features` called with ``options`` (families without options: :attr:`feature_spec`)."""
         if options:

@@ -91,6 +91,10 @@ class GanTeacher(Teacher):
         return (Path(root) / GAN_DESCRIPTOR).is_file()
 
     @property
+    def reads_images(self) -> bool:
+        return self.encoder is not None
+
+    @property
     def z_dim(self) -> int:
         return int(self.generator.z_dim)
 
