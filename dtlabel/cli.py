@@ -83,7 +83,18 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                     {"metavar": "RUN", "nargs": "+", "help": "train-head / train-student runs: their mean probabilities "
                      "label, their disagreement is the uncertainty"}),
              Option(("--images",), "inputs.images",
-                    {"metavar": "DIR", "help": "label the images of this folder (recursive) instead of sampling"}))),
+                    {"metavar": "DIR", "help": "label the images of this folder (recursive) instead of sampling"}),
+             Option(("--for-labeling",), "for_labeling",
+                    {"action": "store_true", "default": None, "help": "with --n and a GAN teacher: samples and their "
+                     "latents for a person to label (no labeler; then import-labels, train-head)"}))),
+    Command("import-labels", "import_labels:run", "bring labels made in CVAT, Label Studio or as PNG masks into a "
+            "--for-labeling set", (
+             Option(("labeling",), "inputs.labeling", {"metavar": "RUN", "nargs": "?",
+                                                       "help": "a synthesize --for-labeling run folder"}),
+             Option(("--from",), "inputs.source", {"metavar": "PATH", "help": "the tool's export (zip, JSON or folder)"}),
+             Option(("--format",), "format", {"help": "cvat | labelstudio | png"}),
+             Option(("--classes",), "classes", {"metavar": "NAME", "nargs": "+", "help": "labelstudio: the class names, "
+                                                "background first"})), keeps_folder=False),
     Command("train-student", "train_student:run", "train an smp student on pseudo-labels (--synth) and/or real labels",
             (Option(("--labels",), "labels", {"type": int, "metavar": "N", "help": "number of real labeled training images"}),
              Option(("--synth",), "inputs.synth", {"metavar": "DIR", "help": "synthesize run folder (pseudo-labels)"}),

@@ -173,3 +173,100 @@ def test_a_samples_only_gan_pretrains_on_samples_by_default(tmp_path: Path, cli)
     code, _, err = cli("pretrain", "--teacher", folder, *TINY, "pretrain.source=samples", "--images", tmp_path,
                        "--out", tmp_path / "q")
     assert code == 2 and err.count("\n") == 1 and "drop --images DIR" in err
+
+
+# ---------------------------------------------------------------------------- DatasetGAN's workflow
+def _cvat_zip(path: Path, images: Path, keys: list[str], colours: dict[int, tuple[int, int, int]]) -> Path:
+    """What CVAT exports after a person labelled ``keys``: bright pixels are class 1, the rest class 0."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("labelmap.txt", "# label:color_rgb:parts:actions\n" +
+                   "".join(f"{n}:{','.join(map(str, colours[c]))}::\n" for c, n in enumerate(["background", "bright"])))
+        for key in keys:
+            gray = np.asarray(Image.open(images / f"{key}.png").convert("L"))
+            ids = (gray > np.median(gray)).astype(np.uint8)
+            rgb = np.array([colours[0], colours[1]], np.uint8)[ids]
+            buf = io.BytesIO()
+            Image.fromarray(rgb).save(buf, format="PNG")
+            z.writestr(f"SegmentationClass/{key}.png", buf.getvalue())
+    return path
+
+
+def test_labelled_samples_train_a_head_at_their_stored_latents(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    import numpy as np
+    from PIL import Image
+
+    from dtlabel.teachers.tiny import build_tiny_gan
+
+    teacher = build_tiny_gan(tmp_path / "gan", encoder=False)  # no encoder: only exact latents can read the images
+    labeling = tmp_path / "to-label"
+    code, _, err = cli("synthesize", "--teacher", teacher, "--n", "8", "--for-labeling", *TINY, "--out", labeling)
+    assert code == 0, err
+    record = json.loads((labeling / "labeling.json").read_text())
+    keys = record["keys"]
+    assert keys == [f"{i:08d}" for i in range(8)] and record["size"] == [32, 32]
+    assert sorted(p.name for p in (labeling / "images").iterdir()) == [f"{k}.png" for k in keys]
+    assert load_file(str(labeling / "latents.safetensors"))["z"].shape == (8, 16)
+
+    colours = {0: (0, 0, 0), 1: (250, 50, 50)}
+    export = _cvat_zip(tmp_path / "segmentation_mask_1.1.zip", labeling / "images", keys[:7], colours)
+    code, _, err = cli("import-labels", labeling, "--from", export, "--format", "cvat", "-q")
+    assert code == 0, err
+    assert json.loads((labeling / "classes.json").read_text()) == {"classes": ["background", "bright"]}
+    mask = np.asarray(Image.open(labeling / "masks" / f"{keys[0]}.png"))
+    gray = np.asarray(Image.open(labeling / "images" / f"{keys[0]}.png").convert("L"))
+    assert np.array_equal(mask, (gray > np.median(gray)).astype(np.uint8))
+    assert not (labeling / "masks" / f"{keys[7]}.png").exists()  # left unlabelled
+
+    head = tmp_path / "head"
+    code, _, err = cli("train-head", "--teacher", teacher, "--labels", "4", "--preset", "tiny", "data=folder",
+                       f"data.root={labeling}", "data.size=[32,32]", "data.splits.test=[00000005,00000006]", "-q",
+                       "--out", head)
+    assert code == 0, err
+    assert "at their stored latents" in (head / "train-head.log").read_text()
+    assert 0 <= json.loads((head / "run.json").read_text())["test_miou"] <= 100
+
+    # bad input: the latents gone, or labels from a tool with another class list
+    (labeling / "latents.safetensors").unlink()
+    code, _, err = cli("train-head", "--teacher", teacher, "--labels", "4", "--preset", "tiny", "data=folder",
+                       f"data.root={labeling}", "data.size=[32,32]", "data.splits.test=[00000005,00000006]",
+                       "--out", tmp_path / "head2")
+    assert code == 2 and err.count("\n") == 1 and "have lost their latents" in err
+    tasks = [{"data": {"image": f"/data/upload/1/ab12-{keys[0]}.png"}, "annotations": [{"result": [
+        {"type": "polygonlabels", "value": {"points": [[0, 0], [50, 0], [50, 50]], "polygonlabels": ["shiny"]}}]}]}]
+    (tmp_path / "ls.json").write_text(json.dumps(tasks))
+    code, _, err = cli("import-labels", labeling, "--from", tmp_path / "ls.json", "--format", "labelstudio",
+                       "--classes", "background", "bright")
+    assert code == 2 and err.count("\n") == 1 and "label 'shiny' of 00000000 is not in the class list" in err
+
+
+def test_label_studio_polygons_come_back_as_masks(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    import numpy as np
+    from PIL import Image
+
+    from dtlabel.teachers.tiny import build_tiny_gan
+
+    labeling = tmp_path / "to-label"
+    code, _, err = cli("synthesize", "--teacher", build_tiny_gan(tmp_path / "gan"), "--n", "2", "--for-labeling",
+                       *TINY, "--out", labeling)
+    assert code == 0, err
+    square = {"type": "polygonlabels", "value": {"points": [[25, 25], [75, 25], [75, 75], [25, 75]],
+                                                  "polygonlabels": ["thing"]}}
+    tasks = [{"data": {"image": "/data/local-files/?d=images/00000001.png"}, "annotations": [{"result": [square]}]}]
+    (tmp_path / "ls.json").write_text(json.dumps(tasks))
+    code, _, err = cli("import-labels", labeling, "--from", tmp_path / "ls.json", "--format", "labelstudio",
+                       "--classes", "background", "thing", "-q")
+    assert code == 0, err
+    mask = np.asarray(Image.open(labeling / "masks" / "00000001.png"))
+    assert mask.shape == (32, 32) and mask[16, 16] == 1 and mask[2, 2] == 0 and 200 < int(mask.sum()) < 350
+
+
+def test_for_labeling_needs_a_teacher_that_stores_latents(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    code, _, err = cli("synthesize", "--teacher", "models/default", "--n", "2", "--for-labeling", "--preset", "tiny",
+                       "--out", tmp_path / "x")
+    assert code == 2 and err.count("\n") == 1 and "--for-labeling stores each sample's latent" in err

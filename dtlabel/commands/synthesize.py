@@ -44,10 +44,11 @@ from dtlabel.io import write_json
 from dtlabel.labeling import ImageList, image_batch, sampled_batch
 from dtlabel.runs import Run
 from dtlabel.synth.labelers import Labeler, load_labeler
+from dtlabel.synth.labeling_set import LABELING_FILE, check_stores_latents, write_labeling_set
 from dtlabel.synth.plan import check_plan, prepare_folder, shards_to_write, write_shards
 from dtlabel.synth.shards import MANIFEST, SHARD_DIR, shard_complete, shard_ranges
 from dtlabel.synth.writer import ShardWriter
-from dtlabel.teachers import resolve_model_root
+from dtlabel.teachers import resolve_model_root, teacher_from_config
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +269,8 @@ def _finish(run: Run, job: _Job, cfg: DictConfig, plan: dict[str, Any], ranges: 
 
 
 def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+    if cfg.get("for_labeling"):
+        return _for_labeling(run, cfg, args)
     job = _job(cfg)
     rank = dist.rank()
     plan = _plan(job, cfg.synth, rank)
@@ -282,3 +285,26 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     descriptor = _finish(run, job, cfg, plan, ranges, rate) if rank == 0 else {}
     dist.cleanup()
     return descriptor
+
+
+def _for_labeling(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """``--for-labeling``: ``--n`` samples and their latents into RUN, a labeling set for a person
+    (:mod:`dtlabel.synth.labeling_set`); no labeler, no shards."""
+    labelers = [f"--{k}" for k in ("head", "labeler", "ensemble") if cfg.inputs.get(k)]
+    if labelers or cfg.inputs.get("images"):
+        given = labelers or ["--images"]
+        raise ConfigError(f"--for-labeling draws samples for a person to label; drop {' and '.join(given)}")
+    if cfg.get("n") is None or not cfg.inputs.get("teacher"):
+        raise ConfigError("--for-labeling needs --n K (how many samples to label) and --teacher DIR (a GAN teacher)")
+    if dist.world_size() > 1:
+        raise ConfigError("--for-labeling writes a few samples in one process; run it without torchrun")
+    teacher = teacher_from_config(str(cfg.inputs.teacher), cfg.teacher, amp=str(cfg.amp)).to(select_device(cfg.device))
+    check_stores_latents(teacher)
+    n = int(cfg.n)
+    base_seed = int(cfg.synth.base_seed) if cfg.synth.get("base_seed") is not None else int(cfg.seed)
+    with tqdm(total=n, desc="synthesize --for-labeling", unit="sample", disable=bool(getattr(args, "quiet", False))) as bar:
+        record = write_labeling_set(run.path, teacher, n, base_seed, progress=bar)
+    log.info("%d samples to label in %s/images (%dx%d); label them in CVAT or Label Studio, then: dtlabel import-labels "
+             "%s --from EXPORT --format cvat|labelstudio|png", n, run.path, *record["size"], run.path)
+    return {"mode": "for-labeling", "count": n, "base_seed": base_seed, "labeling": LABELING_FILE,
+            "teacher_hash": record["teacher_hash"]}

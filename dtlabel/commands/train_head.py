@@ -38,6 +38,7 @@ from dtlabel.io import write_json
 from dtlabel.metrics import write_metrics
 from dtlabel.report import save_eval_pictures, save_training_curves
 from dtlabel.runs import Run, TimeBudgetReached
+from dtlabel.synth.labeling_set import attach_latents, is_labeling_set
 from dtlabel.teachers import resolve_model_root, teacher_from_config
 from dtlabel.teachers.cache import FeatureCache
 
@@ -94,6 +95,11 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int | N
     label_ids, val_ids, val_origin, test_ids = split.label_ids, split.val_ids, split.val_from, split.test_ids
     n_labels = len(label_ids)
     teacher = teacher_from_config(str(cfg.inputs.teacher), cfg.teacher, amp=str(cfg.amp)).to(device)
+    if is_labeling_set(cfg.data.get("root")):  # DatasetGAN: labelled samples, read at their stored latents
+        attach_latents(str(cfg.data.root), teacher)
+        if hc.get("scale") is not None:
+            log.info("train-head: head.scale=null (a scale-jittered sample has no stored latent)")
+            hc.scale = None
     if dist.is_main():
         write_json(run.path / "labels.json", split.record())
     spec = teacher.feature_spec

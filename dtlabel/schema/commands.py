@@ -172,7 +172,15 @@ class Synthesize(Common):
     teacher: TeacherSection = sub(TeacherSection)
     synth: SynthSection = sub(SynthSection)
     n: int | None = num(None, ge=1)
+    for_labeling: bool = False
     inputs: dict[str, Any] = sub(dict)
+
+
+@dataclass
+class ImportLabels(Common):
+    inputs: dict[str, Any] = sub(dict)
+    format: str = "cvat"
+    classes: list[str] | None = None
 
 
 @dataclass
@@ -194,6 +202,6 @@ class TrainStudent(Common):
 
 COMMANDS: dict[str, type] = {
     "data_check": DataCheck, "data_preview": DataPreview, "demo": Demo, "eval": Eval, "export": Export,
-    "fit_teacher": FitTeacher, "pretrain": Pretrain, "report": Report, "suggest": Suggest,
+    "fit_teacher": FitTeacher, "import_labels": ImportLabels, "pretrain": Pretrain, "report": Report, "suggest": Suggest,
     "synthesize": Synthesize, "train_head": TrainHead, "train_student": TrainStudent,
 }

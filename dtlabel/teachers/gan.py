@@ -16,10 +16,12 @@ the generator's and encoder's constructor arguments), ``generator.safetensors`` 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from dtlabel.errors import ConfigError, ModelError
@@ -58,6 +60,11 @@ def _load(module: torch.nn.Module, path: Path) -> torch.nn.Module:
     return module.eval().requires_grad_(False)
 
 
+def _digest(image: Any) -> bytes:
+    """A key for an ``(H, W, 3) uint8`` image: the sha1 of its pixels."""
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).digest()
+
+
 @register_teacher("gan")
 class GanTeacher(Teacher):
     """A dtlabel GAN folder: features of samples (exact) and of real images (through the encoder)."""
@@ -85,6 +92,12 @@ class GanTeacher(Teacher):
                                  "but encoder.safetensors is missing")
             self.encoder = _load(Encoder(**desc["encoder"]), self.root / "encoder.safetensors")
         self.amp = str(amp)
+        self._stored: dict[bytes, torch.Tensor] = {}  # use_latents: image digest -> its latent
+
+    def use_latents(self, images: Any, z: torch.Tensor) -> None:
+        """Read the images ``images (K, H, W, 3) uint8`` (and their mirror images) at their own latents
+        ``z (K, z_dim)`` from now on, not at the encoder's inversion: DatasetGAN's labelled samples."""
+        self._stored = {_digest(im): z[i].float() for i, im in enumerate(images)}
 
     @classmethod
     def matches(cls, root: Path) -> bool:
@@ -130,10 +143,38 @@ class GanTeacher(Teacher):
         return images.float(), {k: v.float() for k, v in maps.items()}
 
     def features(self, images: torch.Tensor, seed: int | Sequence[int] = 0, **options: Any) -> dict[str, torch.Tensor]:
-        """The generator's maps at the encoded latent of each image (deterministic: ``seed`` unused)."""
+        """The generator's maps at each image's latent: its stored one (:meth:`use_latents`; a mirror
+        image gets the mirrored maps), else the encoder's inversion. Deterministic: ``seed`` unused."""
         if options:
             self.spec_for(**options)
-        return self.features_at(self.encode(images))[1]
+        if not self._stored:
+            return self.features_at(self.encode(images))[1]
+        images = self._check_images(images)
+        z, flip, found = self._stored_latents(images)
+        if not all(found):
+            if self.encoder is None:
+                raise ConfigError(f"an image is not one of the labelled samples the GAN teacher in {self.root} holds "
+                                  "latents for (scale-jittered or resized?) and the teacher has no encoder; train "
+                                  "with head.scale=null at the samples' size")
+            missing = [b for b, ok in enumerate(found) if not ok]
+            z[missing] = self.encode(images[missing]).to(z)
+        maps = self.features_at(z)[1]
+        mirror = torch.tensor(flip, device=self.device)[:, None, None, None]
+        return {k: torch.where(mirror, v.flip(-1), v) for k, v in maps.items()}
+
+    def _stored_latents(self, images: torch.Tensor) -> tuple[torch.Tensor, list[bool], list[bool]]:
+        """``(z (B, z_dim), mirrored, found)`` of ``images`` from :meth:`use_latents`' table."""
+        z = torch.zeros(images.shape[0], self.z_dim, device=self.device)
+        flip, found = [], []
+        pixels = ((images.float().permute(0, 2, 3, 1).cpu() + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        for b, im in enumerate(pixels):  # the uint8 pixels the set's PNGs hold (to_uint8's rounding)
+            direct, mirrored = self._stored.get(_digest(im)), self._stored.get(_digest(im[:, ::-1]))
+            hit = direct if direct is not None else mirrored
+            if hit is not None:
+                z[b] = hit.to(self.device)
+            flip.append(direct is None and mirrored is not None)
+            found.append(hit is not None)
+        return z, flip, found
 
     @staticmethod
     def latents(n: int, seed: int, z_dim: int) -> torch.Tensor:
