@@ -1,7 +1,7 @@
 """Labels made in an annotation tool, back into a labeling set (``dtlabel import-labels``).
 
 The inverse of :mod:`dtlabel.export` for the set ``synthesize --for-labeling`` writes
-(:mod:`dtlabel.synth.labeling_set`): each format's masks become ``RUN/masks/<key>.png`` (class ids,
+(:mod:`dtlabel.labeling_set`): each format's masks become ``RUN/masks/<key>.png`` (class ids,
 mode L) and the class list ``RUN/classes.json`` (``{"classes": [...]}``, background first), the
 ``data=folder`` layout. Formats:
 

@@ -1,7 +1,7 @@
 """``dtlabel import-labels RUN --from PATH --format cvat|labelstudio|png``: a person's labels of a
 ``synthesize --for-labeling`` set, back into it (``RUN/masks/`` + ``RUN/classes.json``; formats:
 :mod:`dtlabel.annotations`). The set is then a ``data=folder`` data set whose images ``train-head``
-reads at their stored latents (:mod:`dtlabel.synth.labeling_set`)."""
+reads at their stored latents (:mod:`dtlabel.labeling_set`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from dtlabel.annotations import import_labels
 from dtlabel.errors import ConfigError
 from dtlabel.runs import Run, read_run
-from dtlabel.synth.labeling_set import read_labeling_set
+from dtlabel.labeling_set import read_labeling_set
 
 log = logging.getLogger(__name__)
 

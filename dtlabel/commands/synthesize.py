@@ -44,7 +44,7 @@ from dtlabel.io import write_json
 from dtlabel.labeling import ImageList, image_batch, sampled_batch
 from dtlabel.runs import Run
 from dtlabel.synth.labelers import Labeler, load_labeler
-from dtlabel.synth.labeling_set import LABELING_FILE, check_stores_latents, write_labeling_set
+from dtlabel.labeling_set import LABELING_FILE, check_stores_latents, write_labeling_set
 from dtlabel.synth.plan import check_plan, prepare_folder, shards_to_write, write_shards
 from dtlabel.synth.shards import MANIFEST, SHARD_DIR, shard_complete, shard_ranges
 from dtlabel.synth.writer import ShardWriter
@@ -289,7 +289,7 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
 
 def _for_labeling(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     """``--for-labeling``: ``--n`` samples and their latents into RUN, a labeling set for a person
-    (:mod:`dtlabel.synth.labeling_set`); no labeler, no shards."""
+    (:mod:`dtlabel.labeling_set`); no labeler, no shards."""
     labelers = [f"--{k}" for k in ("head", "labeler", "ensemble") if cfg.inputs.get(k)]
     if labelers or cfg.inputs.get("images"):
         given = labelers or ["--images"]

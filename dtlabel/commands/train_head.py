@@ -38,7 +38,7 @@ from dtlabel.io import write_json
 from dtlabel.metrics import write_metrics
 from dtlabel.report import save_eval_pictures, save_training_curves
 from dtlabel.runs import Run, TimeBudgetReached
-from dtlabel.synth.labeling_set import attach_latents, is_labeling_set
+from dtlabel.labeling_set import attach_latents, is_labeling_set
 from dtlabel.teachers import resolve_model_root, teacher_from_config
 from dtlabel.teachers.cache import FeatureCache
 
