@@ -62,7 +62,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("data preview", "data:preview", "write a PNG grid of image / mask overlays",
             (Option(("--split",), "split", {"help": "train, val, test or unlabeled"}),
              Option(("--n",), "n", {"type": int, "help": "number of samples"}))),
-    Command("fit-teacher", "fit_teacher:run", "train a DDPM teacher on unlabeled images",
+    Command("fit-teacher", "fit_teacher:run", "train a DDPM (fit.family=gan: a GAN) teacher on unlabeled images",
             (Option(("--steps",), "fit.steps", {"type": int, "help": "optimisation steps"}),
              Option(("--images",), None, {"metavar": "DIR", "help": "train on this image folder (data=images)"}))),
     Command("pretrain", "pretrain:run", "distil a teacher's features (and with --head its labels) into a timm backbone",
@@ -84,17 +84,13 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                      "label, their disagreement is the uncertainty"}),
              Option(("--images",), "inputs.images",
                     {"metavar": "DIR", "help": "label the images of this folder (recursive) instead of sampling"}),
-             Option(("--for-labeling",), "for_labeling",
-                    {"action": "store_true", "default": None, "help": "with --n and a GAN teacher: samples and their "
-                     "latents for a person to label (no labeler; then import-labels, train-head)"}))),
-    Command("import-labels", "import_labels:run", "bring labels made in CVAT, Label Studio or as PNG masks into a "
-            "--for-labeling set", (
-             Option(("labeling",), "inputs.labeling", {"metavar": "RUN", "nargs": "?",
-                                                       "help": "a synthesize --for-labeling run folder"}),
-             Option(("--from",), "inputs.source", {"metavar": "PATH", "help": "the tool's export (zip, JSON or folder)"}),
+             Option(("--for-labeling",), "for_labeling", {"action": "store_true", "default": None,
+                    "help": "--n samples of a GAN and their latents, for a person to label (then import-labels)"}))),
+    Command("import-labels", "import_labels:run", "labels from CVAT, Label Studio or PNG masks into a --for-labeling set",
+            (Option(("labeling",), "inputs.labeling", {"metavar": "RUN", "nargs": "?", "help": "--for-labeling run"}),
+             Option(("--from",), "inputs.source", {"metavar": "PATH", "help": "the tool's export (zip, JSON, folder)"}),
              Option(("--format",), "format", {"help": "cvat | labelstudio | png"}),
-             Option(("--classes",), "classes", {"metavar": "NAME", "nargs": "+", "help": "labelstudio: the class names, "
-                                                "background first"})), keeps_folder=False),
+             Option(("--classes",), "classes", {"metavar": "NAME", "nargs": "+", "help": "labelstudio"})), keeps_folder=False),
     Command("train-student", "train_student:run", "train an smp student on pseudo-labels (--synth) and/or real labels",
             (Option(("--labels",), "labels", {"type": int, "metavar": "N", "help": "number of real labeled training images"}),
              Option(("--synth",), "inputs.synth", {"metavar": "DIR", "help": "synthesize run folder (pseudo-labels)"}),
