@@ -45,19 +45,29 @@ def import_labels(root: str | Path, fmt: str, source: str | Path, keys: list[str
     source = Path(source)
     if not source.exists():
         raise DataError(f"--from {source}: not found")
-    if fmt == "cvat":
-        names, masks = _cvat(source)
-    elif fmt == "png":
-        names, masks = _png(source)
-    else:
-        names = classes or _set_classes(root)
-        masks = _labelstudio(source, names, size)
+    try:
+        if fmt == "cvat":
+            names, masks = _cvat(source)
+        elif fmt == "png":
+            names, masks = _png(source)
+        else:
+            names = classes or _set_classes(root)
+            masks = _labelstudio(source, names, size)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:  # a malformed export
+        what = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise DataError(f"--from {source}: not a readable {fmt} export ({type(exc).__name__}: {what})") from None
+    if not masks:
+        raise DataError(f"--from {source}: no labelled image in it (an export of a task with annotations is needed); "
+                        f"{root}/masks is left as it was")
     known = set(keys)
     foreign = sorted(k for k in masks if k not in known)
     if foreign:
         raise DataError(f"--from {source}: {len(foreign)} labelled image(s) are not samples of this set "
                         f"(e.g. {foreign[0]}); export the task made from {root}/images")
     for key, mask in masks.items():
+        if mask.ndim != 2:
+            raise DataError(f"--from {source}: the mask of {key} has {mask.shape[2]} channels; index masks are "
+                            "single-channel PNGs of class ids")
         if mask.shape != tuple(size):
             raise DataError(f"--from {source}: the mask of {key} is {mask.shape[0]}x{mask.shape[1]}, the samples are "
                             f"{size[0]}x{size[1]}")
@@ -74,9 +84,17 @@ def import_labels(root: str | Path, fmt: str, source: str | Path, keys: list[str
 def _set_classes(root: str | Path) -> list[str]:
     path = Path(root) / "classes.json"
     if not path.is_file():
-        raise ConfigError("import-labels --format labelstudio needs the class list: --classes background,a,b,... "
+        raise ConfigError("import-labels --format labelstudio needs the class list: --classes background A B ... "
                           "(background first)")
-    return list(read_json(path, DataError)["classes"])
+    return _class_list(read_json(path, DataError), path)
+
+
+def _class_list(obj: Any, path: Path) -> list[str]:
+    """``classes.json`` as ``data=folder`` reads it: a list of names or ``{"classes": [...]}``."""
+    names = obj.get("classes") if isinstance(obj, dict) else obj
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path}: expected a list of class names or {{\"classes\": [...]}}")
+    return names
 
 
 def _read_entries(source: Path) -> dict[str, bytes]:
@@ -120,7 +138,7 @@ def _cvat(source: Path) -> tuple[list[str], dict[str, np.ndarray]]:
 def _png(source: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     if not source.is_dir() or not (source / "classes.json").is_file():
         raise DataError(f"--from {source}: expected a folder of <key>.png index masks with its classes.json")
-    names = list(read_json(source / "classes.json", DataError)["classes"])
+    names = _class_list(read_json(source / "classes.json", DataError), source / "classes.json")
     return names, {p.stem: np.asarray(Image.open(p)) for p in sorted(source.glob("*.png"))}
 
 
@@ -140,6 +158,9 @@ def _labelstudio(source: Path, names: list[str], size: tuple[int, int]) -> dict[
         key = Path(str(task.get("data", {}).get("image", ""))).stem.split("-")[-1]
         mask = np.zeros((h, w), np.uint8)
         for region in annotations[-1].get("result") or []:
+            if region.get("type") != "polygonlabels":
+                raise DataError(f"--from {source}: {key} holds a {region.get('type')!r} region; import-labels reads "
+                                "polygons (PolygonLabels): label with polygons, or export masks as PNG")
             value = region.get("value") or {}
             for label in value.get("polygonlabels") or []:
                 if label not in names:

@@ -58,6 +58,7 @@ def write_labeling_set(folder: str | Path, teacher: Any, n: int, base_seed: int,
     interrupted set to the same bytes); returns ``labeling.json``'s record."""
     check_stores_latents(teacher)
     folder = Path(folder)
+    (folder / LABELING_FILE).unlink(missing_ok=True)  # an earlier, other set in this folder is no longer complete
     z = teacher.latents(n, base_seed, teacher.z_dim)
     with atomic_dir(folder / "images") as tmp:
         for start in range(0, n, batch_size):
@@ -99,11 +100,16 @@ def read_labeling_set(root: str | Path) -> dict[str, Any]:
     return record
 
 
-def attach_latents(root: str | Path, teacher: Any) -> int:
+def attach_latents(root: str | Path, teacher: Any, data_size: Any) -> int:
     """Give ``teacher`` the stored latents of the labeling set in ``root`` (its images as the keys):
     its features of those images are then exact. Returns how many; one line when the set belongs to
-    another teacher or its latents are missing."""
+    another teacher, its latents are missing, or ``data_size`` would resize its images (a resized
+    image is no longer the sample its latent drew)."""
     record = read_labeling_set(root)
+    h, w = (int(v) for v in record["size"])
+    if (int(data_size[0]), int(data_size[1])) != (h, w):
+        raise ConfigError(f"the labelled samples in {root} are {h}x{w} but data.size is {data_size[0]}x{data_size[1]}: "
+                          f"a resized sample loses its stored latent; set 'data.size=[{h},{w}]'")
     if record.get("teacher_hash") != teacher.teacher_hash():
         raise ModelError(f"the labelled samples in {root} were drawn by teacher {record.get('teacher_hash')} but "
                          f"--teacher {teacher.path} is {teacher.teacher_hash()}; pass the teacher that drew them")

@@ -68,6 +68,20 @@ def test_samples_carry_the_generator_maps_at_strides_4_to_32(gan_run: Path) -> N
     assert all(torch.equal(feats[k], again[k]) for k in feats)
 
 
+def test_extending_a_finished_run_trains_its_encoder_anew(gan_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from dtlabel.cli import main
+
+    out = tmp_path / "longer"
+    shutil.copytree(gan_run, out)
+    before = (out / "teacher" / "encoder.safetensors").read_bytes()
+    assert main([*ARGS, "fit.steps=8", "--resume", "--out", str(out)]) == 0
+    assert json.loads((out / "encoder" / "generator_step.json").read_text()) == {"generator_step": 8}
+    assert "training it anew for step 8" in (out / "fit-teacher.log").read_text()
+    assert (out / "teacher" / "encoder.safetensors").read_bytes() != before
+
+
 def test_budget_stop_then_resume_gives_the_same_teacher(gan_run: Path, tmp_path: Path) -> None:
     from dtlabel.cli import main
 
@@ -231,7 +245,20 @@ def test_labelled_samples_train_a_head_at_their_stored_latents(tmp_path: Path, c
     assert "at their stored latents" in (head / "train-head.log").read_text()
     assert 0 <= json.loads((head / "run.json").read_text())["test_miou"] <= 100
 
-    # bad input: the latents gone, or labels from a tool with another class list
+    # bad input: another size than the samples', a tool's other region kinds or an empty export,
+    # the latents gone, or labels from a tool with another class list
+    code, _, err = cli("train-head", "--teacher", teacher, "--labels", "4", "--preset", "tiny", "data=folder",
+                       f"data.root={labeling}", "data.size=[64,64]", "data.splits.test=[00000005,00000006]",
+                       "--out", tmp_path / "head1")
+    assert code == 2 and err.count("\n") == 1 and "are 32x32 but data.size is 64x64" in err
+    brush = [{"data": {"image": f"{keys[0]}.png"}, "annotations": [{"result": [{"type": "brushlabels", "value": {}}]}]}]
+    (tmp_path / "brush.json").write_text(json.dumps(brush))
+    code, _, err = cli("import-labels", labeling, "--from", tmp_path / "brush.json", "--format", "labelstudio")
+    assert code == 2 and err.count("\n") == 1 and "holds a 'brushlabels' region" in err
+    (tmp_path / "empty.json").write_text("[]")
+    code, _, err = cli("import-labels", labeling, "--from", tmp_path / "empty.json", "--format", "labelstudio")
+    assert code == 2 and err.count("\n") == 1 and "no labelled image in it" in err
+    assert len(list((labeling / "masks").iterdir())) == 7  # left as it was
     (labeling / "latents.safetensors").unlink()
     code, _, err = cli("train-head", "--teacher", teacher, "--labels", "4", "--preset", "tiny", "data=folder",
                        f"data.root={labeling}", "data.size=[32,32]", "data.splits.test=[00000005,00000006]",

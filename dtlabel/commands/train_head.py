@@ -96,7 +96,7 @@ def _run(run: Run, cfg: DictConfig, hc: DictConfig, kind: str, n_labels: int | N
     n_labels = len(label_ids)
     teacher = teacher_from_config(str(cfg.inputs.teacher), cfg.teacher, amp=str(cfg.amp)).to(device)
     if is_labeling_set(cfg.data.get("root")):  # DatasetGAN: labelled samples, read at their stored latents
-        attach_latents(str(cfg.data.root), teacher)
+        attach_latents(str(cfg.data.root), teacher, size)
         if hc.get("scale") is not None:
             log.info("train-head: head.scale=null (a scale-jittered sample has no stored latent)")
             hc.scale = None

@@ -84,13 +84,19 @@ class GanTeacher(Teacher):
         if not isinstance(desc, dict) or desc.get("format") != GAN_FORMAT:
             raise ModelError(f"{self.root / GAN_DESCRIPTOR} is not a dtlabel GAN descriptor (format "
                              f"{desc.get('format') if isinstance(desc, dict) else None!r}, expected {GAN_FORMAT!r})")
-        self.generator = _load(Generator(**desc["generator"]), self.root / "generator.safetensors")
+        try:
+            generator = Generator(**desc["generator"])
+            encoder = Encoder(**desc["encoder"]) if desc.get("encoder") is not None else None
+        except (KeyError, TypeError, ConfigError) as exc:
+            raise ModelError(f"{self.root / GAN_DESCRIPTOR} does not describe the networks: "
+                             f"{type(exc).__name__} {' '.join(str(exc).split())[:160]}") from None
+        self.generator = _load(generator, self.root / "generator.safetensors")
         self.encoder: Encoder | None = None
-        if desc.get("encoder") is not None:
+        if encoder is not None:
             if not (self.root / "encoder.safetensors").is_file():
                 raise ModelError(f"the GAN folder {self.root} is incomplete: {GAN_DESCRIPTOR} names an encoder "
                                  "but encoder.safetensors is missing")
-            self.encoder = _load(Encoder(**desc["encoder"]), self.root / "encoder.safetensors")
+            self.encoder = _load(encoder, self.root / "encoder.safetensors")
         self.amp = str(amp)
         self._stored: dict[bytes, torch.Tensor] = {}  # use_latents: image digest -> its latent
 

@@ -24,6 +24,7 @@ alone: a resumed run ends with the uninterrupted bytes.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 from dtlabel import dist, seeds
 from dtlabel.data.streams import IndexStream, PositionedDataset
 from dtlabel.engine import LoopConfig, Task, train
-from dtlabel.errors import ConfigError, did_you_mean
+from dtlabel.errors import ConfigError, ModelError, did_you_mean
+from dtlabel.io import read_json, write_json
 from dtlabel.schema import Optim, section
 from dtlabel.teachers.fit import FitResult, fit_amp
 from dtlabel.teachers.gan import save_gan
@@ -240,6 +242,24 @@ def reconstruction_error(encoder: Encoder, generator: Generator, images: torch.T
         return float((generator(encoder(images)) - images).abs().mean())
 
 
+ENCODER_OF = "generator_step.json"  # RUN/encoder/: the generator step its encoder inverts
+
+
+def _restart_encoder_if_stale(folder: Path, generator_step: int) -> None:
+    """Stage 2's folder for the generator of ``generator_step``: its checkpoints are dropped when they
+    invert another generator (a finished run extended with ``--resume fit.steps=N``), so the encoder
+    is trained anew; the step is recorded before stage 2 trains."""
+    if dist.is_main():
+        marker = folder / ENCODER_OF
+        done_for = int(read_json(marker, ModelError).get("generator_step", -1)) if marker.is_file() else None
+        if done_for is not None and done_for != generator_step:
+            log.info("fit-teacher: the encoder inverted the generator of step %d; training it anew for step %d",
+                     done_for, generator_step)
+            shutil.rmtree(folder)
+        write_json(marker, {"generator_step": int(generator_step)})
+    dist.barrier()
+
+
 def fit_gan(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], device: torch.device, seed: int,
             amp: str = "auto", num_workers: int = 0, progress: bool = True) -> FitResult:
     """Train the GAN teacher on ``images`` (``(3, H, W)`` tensors in [-1, 1]); write ``out/teacher``.
@@ -269,6 +289,7 @@ def fit_gan(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], de
     ema = task.ema_generator()
     encoder, stage2 = None, None
     if int(gc.encoder_steps) > 0 and not result.stopped:
+        _restart_encoder_if_stale(out / "encoder", int(result.steps))
         torch.manual_seed(seeds.step(seed, 0, 2_000))
         encoder = Encoder(size, int(gc.z_dim), int(gc.d_width), int(gc.max_channels)).to(device)
         discriminator.eval().requires_grad_(False)
