@@ -68,6 +68,9 @@ def feature_settings(teacher: Teacher, timesteps: Sequence[int] | None = None, n
         "noise_draws": int(noise_draws if noise_draws is not None else getattr(teacher, "noise_draws", 1)),
         "options": {k: teacher.kwargs.get(k) for k in _FEATURE_OPTIONS if k in teacher.kwargs},
     }
+    reading = getattr(teacher, "reading_key", None)  # a GAN reading stored latents, not its encoder
+    if reading:
+        settings["reading"] = reading
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
 
 

@@ -110,6 +110,17 @@ class GanTeacher(Teacher):
         return (Path(root) / GAN_DESCRIPTOR).is_file()
 
     @property
+    def reading_key(self) -> str | None:
+        """None while real images go through the encoder; with stored latents (:meth:`use_latents`) a
+        digest of them, so a feature cache keeps the two readings apart."""
+        if not self._stored:
+            return None
+        h = hashlib.sha1()
+        for digest in sorted(self._stored):
+            h.update(digest + self._stored[digest].numpy().tobytes())
+        return "stored-latents:" + h.hexdigest()[:16]
+
+    @property
     def reads_images(self) -> bool:
         return self.encoder is not None
 
