@@ -80,3 +80,20 @@ def kill_after_first_checkpoint_then_resume(cmd: list[str], out: Path, settle: f
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return done
+
+
+def torchrun_two_nodes(argv: list[str], port: int, timeout: int = 300) -> None:
+    """Run ``python -m dtlabel.cli *argv`` as two torchrun "nodes" of one process each on localhost
+    (``--nnodes 2 --node_rank 0|1``, a static rendezvous at 127.0.0.1:``port``): the multi-machine
+    launch, each node started by its own torchrun, tested on one machine."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(r),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               "-m", "dtlabel.cli", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err[-3000:]

@@ -291,6 +291,20 @@ def test_torchrun_two_processes_gloo(models: tuple[Path, Path], sampled: Path, t
     _same(_decoded(out), _decoded(sampled))
 
 
+def test_two_nodes_on_localhost_write_the_samples_of_one_process(models: tuple[Path, Path], sampled: Path,
+                                                                  tmp_path: Path) -> None:
+    """torchrun --nnodes 2 (one process per node, as on two machines sharing the run folder): the
+    same samples and one manifest as a single process."""
+    from conftest import torchrun_two_nodes
+
+    out = tmp_path / "nodes"
+    torchrun_two_nodes(_args(models, "--num-samples", "24", "synth.samples_per_shard=5", "--device", "cpu",
+                             "--out", str(out)), port=29561)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["world_size"] == 2 and m["count"] == 24 and len(m["shards"]) == 5
+    _same(_decoded(out), _decoded(sampled))
+
+
 def test_drop_uncertain_and_iterable_dataset(sampled: Path) -> None:
     import torch
 

@@ -189,6 +189,19 @@ def test_ddp_two_processes_gloo(synth: Path, tmp_path: Path) -> None:
     assert (out / "student" / "student.safetensors").is_file() and (out / "metrics.json").is_file()
 
 
+def test_two_nodes_on_localhost(synth: Path, tmp_path: Path) -> None:
+    """torchrun --nnodes 2 --nproc_per_node 1 (two machines' launch, on localhost): the DDP run of
+    two processes, one run folder."""
+    from conftest import torchrun_two_nodes
+
+    out = tmp_path / "nodes"
+    torchrun_two_nodes(["train-student", *TINY, "--synth", str(synth), "--labels", "8", "student.real_ratio=0.25",
+                        "--device", "cpu", "--out", str(out)], port=29563)
+    desc = json.loads((out / "run.json").read_text())
+    assert desc["world_size"] == 2 and desc["stage1"]["steps"] == 2 * (12 // (3 * 2))
+    assert (out / "student" / "student.safetensors").is_file() and len(list(out.glob("*.log"))) == 1
+
+
 # ---------------------------------------------------------------------------------------------- errors
 def _err(cli, tmp_path: Path, *args: str) -> str:  # noqa: ANN001
     code, _, err = cli("train-student", *TINY, "--out", tmp_path / "e", *args)
