@@ -242,6 +242,27 @@ def test_sigkill_then_resume_ends_with_exactly_n(models: tuple[Path, Path], samp
     _same(_decoded(out), _decoded(sampled))  # other shard and batch sizes, a restart: same samples
 
 
+def test_dpm_solver_gives_the_same_bytes_twice_and_after_a_kill(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """The fast sampler (DPM-Solver++ multistep, few steps): two runs write the same shard bytes, and a
+    killed one resumed with --resume ends with those bytes too."""
+    from dtlabel.cli import main
+
+    args = _args(models, "--n", "12", "teacher.sampler=dpm", "synth.sample_steps=3", "synth.samples_per_shard=3",
+                 "synth.batch_size=2")
+    runs = [tmp_path / "a", tmp_path / "b", tmp_path / "killed"]
+    for out in runs[:2]:
+        assert main([*args, "--out", str(out)]) == 0
+    cmd = [sys.executable, "-m", "dtlabel.cli", *args, "--out", str(runs[2])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    _kill_after_shards(cmd, env, runs[2], 1)
+    assert not (runs[2] / "run.json").exists(), "the run finished before it could be killed"
+    res = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shards = [{p.name: p.read_bytes() for p in sorted((out / "shards").glob("*.tar"))} for out in runs]
+    assert len(shards[0]) == 4 and shards[0] == shards[1] == shards[2]
+    assert json.loads((runs[0] / "manifest.json").read_text())["sampler"] == "dpm"
+
+
 def test_images_mode_sigkill_then_resume_one_sample_per_image(models: tuple[Path, Path], tmp_path: Path) -> None:
     """--images, killed mid-run: the same command with --resume ends with exactly one sample per image,
     each index once, equal to an uninterrupted run's."""
