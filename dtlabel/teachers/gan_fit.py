@@ -175,11 +175,14 @@ class GanTask(Task):
         self.ema = [tensors["ema"][f"p{i}"].to(self.device) for i in range(len(self.ema))]
 
     def ema_generator(self) -> Generator:
-        """A fresh generator holding the EMA weights (what is exported), frozen, in eval mode."""
+        """A fresh generator holding the EMA weights (what is exported) and the trained generator's
+        batch-norm statistics (buffers are not averaged, as in StyleGAN2-ADA), frozen, in eval mode."""
         gen = Generator(**self.model.generator.kwargs).to(self.device)
         with torch.no_grad():
             for p, e in zip(gen.parameters(), self.ema):
                 p.copy_(e)
+            for b, trained in zip(gen.buffers(), self.model.generator.buffers()):
+                b.copy_(trained)
         return gen.eval().requires_grad_(False)
 
 
@@ -277,6 +280,9 @@ def fit_gan(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], de
                           "with --resume (fit.steps=N for more steps)")
     if int(cfg.batch_size) % world:
         raise ConfigError(f"fit.batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
+    if int(cfg.batch_size) // world < 2:
+        raise ConfigError(f"fit.batch_size {cfg.batch_size} over {world} process(es) leaves one image per process; the "
+                          "GAN generator's batch norm needs at least 2")
     torch.manual_seed(seed)
     generator, discriminator = build_gan(cfg, size)
     pair = GanPair(generator, discriminator, parse_policy(gc.diffaug), float(gc.r1_gamma)).to(device)
