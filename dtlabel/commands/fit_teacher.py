@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from dtlabel import dist, seeds
 from dtlabel.data import build_data, label_free_pool
-from dtlabel.data.transforms import ImageDataset, build_transform
+from dtlabel.data.transforms import ImageDataset, build_transform, to_uint8
 from dtlabel.device import select_device
 from dtlabel.errors import DataError
 from dtlabel.report import save_grid, save_training_curves
@@ -91,18 +91,14 @@ def _gan_pictures(path: Path, teacher_dir: Path, images: ImageDataset, n: int, s
     teacher = GanTeacher(teacher_dir)
     cols = 8 if n >= 8 else n
     grid = lambda x: [list(x[k:k + cols]) for k in range(0, len(x), cols)]  # noqa: E731
-    save_grid(path / "samples.png", grid(_uint8(teacher.sample(n, seed=seed, return_features=False).images)),
+    save_grid(path / "samples.png", grid(list(to_uint8(teacher.sample(n, seed=seed, return_features=False).images))),
               suptitle="GAN teacher samples (EMA generator)")
     if teacher.encoder is None:
         return {}
     real = torch.stack([images[i] for i in range(min(n, len(images)))])
     recon = teacher.features_at(teacher.encode(real))[0]
     error = float((recon - real).abs().mean())
-    rows = grid(_uint8(real))[:1] + grid(_uint8(recon))[:1]
+    rows = grid(list(to_uint8(real)))[:1] + grid(list(to_uint8(recon)))[:1]
     save_grid(path / "reconstructions.png", rows, suptitle=f"pool images (top) and G(E(x)) (bottom), L1 {error:.3f}")
     return {"reconstruction_l1": round(error, 5)}
-
-
-def _uint8(x: torch.Tensor) -> list[np.ndarray]:
-    return list(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
 
