@@ -269,9 +269,10 @@ def fit_gan(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], de
 
     ``cfg`` is the ``fit`` section (``fit.gan`` for the GAN's own keys). Stage 1 checkpoints in
     ``out/checkpoints``, stage 2 in ``out/encoder/checkpoints``; ``--resume`` continues either. A
-    generator stopped by ``fit.max_minutes`` is exported without its encoder (a samples-only
-    teacher) and ``--resume`` continues it; the encoder stage has no budget of its own (its steps are
-    few). Returns a :class:`~dtlabel.teachers.fit.FitResult` with ``encoder`` the second stage's
+    generator stopped by ``fit.max_minutes`` under ``schedule=steps`` is exported without its encoder
+    (a samples-only teacher) and ``--resume`` continues it; under ``schedule=budget`` the budget is the
+    generator's planned end (its cosine has annealed), so the encoder follows. The encoder stage has
+    no budget of its own (its steps are few). Returns a :class:`~dtlabel.teachers.fit.FitResult` with ``encoder`` the second stage's
     result (or None).
     """
     world, gc = dist.world_size(), cfg.gan
@@ -294,7 +295,8 @@ def fit_gan(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], de
     result = train(task, gan_loop(cfg, gc.optim, int(cfg.steps), seed, amp), out, device, progress=progress)
     ema = task.ema_generator()
     encoder, stage2 = None, None
-    if int(gc.encoder_steps) > 0 and not result.stopped:
+    finished = not result.stopped or result.schedule == "budget"  # a budget run ends where it planned to
+    if int(gc.encoder_steps) > 0 and finished:
         _restart_encoder_if_stale(out / "encoder", int(result.steps))
         torch.manual_seed(seeds.step(seed, 0, 2_000))
         encoder = Encoder(size, int(gc.z_dim), int(gc.d_width), int(gc.max_channels)).to(device)
