@@ -226,7 +226,7 @@ def _write(run: Run, job: _Job, sc: DictConfig, ranges: list[tuple[int, int]], q
     bar = tqdm(total=n_todo, unit="sample", desc=f"synthesize r{rank}" if world > 1 else "synthesize",
                disable=quiet or rank > 0, smoothing=0.1)
     writer = ShardWriter(run.path / SHARD_DIR, job.labeler.num_classes, str(sc.image_format), int(sc.jpg_quality),
-                         int(sc.queue_size), on_written=bar.update)
+                         int(sc.queue_size), on_written=bar.update, encode_workers=int(sc.encode_workers))
     t0 = time.time()
     try:  # SIGTERM / SIGINT: the batch in progress ends, the shards closed so far stay
         signum = write_shards(writer, todo, ranges, int(sc.batch_size), lambda idx: job.label(idx, sc))

@@ -99,6 +99,9 @@ class TeacherSection:
     sample_steps: int = num(4, ge=1)
     eta: float = num(0.0, ge=0)
     sample_features: str = "encode"
+    noise_device: Literal["cpu", "device"] = "cpu"
+    channels_last: bool = False
+    compile: bool = False
     prompt: str = ""
     guidance_scale: float = num(1.0, ge=0)
 
@@ -200,6 +203,7 @@ class SynthSection:
     jpg_quality: int = num(95, ge=1, le=100)
     score_top: float = num(0.1, gt=0, le=1)
     queue_size: int = num(4, ge=1)
+    encode_workers: int = num(1, ge=1)
     skip_corrupt: bool = False
     verify_resume: bool = True
     preview: int = num(8, ge=0)

@@ -1,4 +1,9 @@
-"""A background thread that encodes samples and writes tar shards while the teacher keeps sampling."""
+"""A background thread that encodes samples and writes tar shards while the teacher keeps sampling.
+
+With ``encode_workers > 1`` the samples of a batch are encoded (PNG / JPEG / ``.npy``) by that many
+threads, in order (OpenCV's and NumPy's encoders release the GIL), so a GPU that samples hundreds of
+images a second is not held back by one encoding thread; the shard's bytes do not change.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 import queue
 import tarfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +35,7 @@ class ShardWriter:
     """
 
     def __init__(self, folder: Path, num_classes: int, image_format: str, jpg_quality: int, queue_size: int,
-                 on_written: Any = None) -> None:
+                 on_written: Any = None, encode_workers: int = 1) -> None:
         self.folder = Path(folder)
         self.num_classes = int(num_classes)
         self.fmt, self.quality = image_format, int(jpg_quality)
@@ -37,6 +43,8 @@ class ShardWriter:
         self.on_written = on_written
         self.error: BaseException | None = None
         self.shards_done: list[dict[str, Any]] = []
+        workers = max(1, int(encode_workers))
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="shard-encode") if workers > 1 else None
         self._thread = threading.Thread(target=self._loop, name="shard-writer", daemon=True)
         self._thread.start()
 
@@ -63,6 +71,8 @@ class ShardWriter:
     def finish(self) -> list[dict[str, Any]]:
         self._put(_STOP)
         self._thread.join()
+        if self._pool is not None:
+            self._pool.shutdown()
         if self.error is not None:
             raise self.error
         return self.shards_done
@@ -86,8 +96,8 @@ class ShardWriter:
                 elif kind == "add":
                     _, samples, skipped = item
                     assert tar is not None
-                    for s in samples:
-                        add_entries(tar, encode_sample(s, self.fmt, self.quality))
+                    for s, entries in zip(samples, self._encode(samples)):
+                        add_entries(tar, entries)
                         state["indices"].append(int(s["index"]))
                         state["scores"].append(float(s["score"]))
                         state["hist"] += np.bincount(s["label"].ravel(), minlength=self.num_classes)[: self.num_classes]
@@ -115,6 +125,11 @@ class ShardWriter:
                     self.q.get_nowait()
                 except queue.Empty:
                     break
+
+    def _encode(self, samples: list[dict[str, Any]]) -> Any:
+        """The tar entries of each sample, in order (by the encoding threads when there are some)."""
+        encode = lambda s: encode_sample(s, self.fmt, self.quality)  # noqa: E731
+        return self._pool.map(encode, samples) if self._pool is not None else map(encode, samples)
 
     def _seal(self, st: dict[str, Any]) -> dict[str, Any]:
         j, tmp = st["j"], st["tmp"]

@@ -143,7 +143,7 @@ class DDPMTeacher(DiffusionTeacher):
         return x0
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        out = self.unet(x, t, return_dict=False)[0]
+        out = self._run_unet(x, t)
         # models trained with a learned variance predict (eps, variance): only the DDPM sampler with a
         # learned variance_type uses the second half, DDIM and DPM-Solver want eps alone
         learned = str(self.scheduler_config.get("variance_type", "")).startswith("learned")

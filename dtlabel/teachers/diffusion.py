@@ -6,13 +6,10 @@ implements that once for every diffusion family; a family (``ddpm.py``, ``stable
 only says how to load its folder, how to move between pixels and the UNet's space (identity or a
 VAE) and how to call its UNet. The denoising loop is ``sampling.py``'s (on a predict function and a
 scheduler; :meth:`DiffusionTeacher.sample` batches it and reads features), the hooks in ``hooks.py``, the
-noise draws in ``noise.py``.
+noise draws in ``noise.py`` (determinism: there), the sampling steps' fast paths in ``speed.py``.
 
 Feature maps are named ``"{block}@t={t}"`` (``"up_blocks.1@t=50"``), or ``"{block}@t={t1}+{t2}"``
 when several timesteps of one block are concatenated along channels.
-
-Determinism: all noise is drawn on the CPU from generators seeded by the caller (``noise.py``), so
-the same seed gives the same features on CPU and CUDA (up to kernel rounding).
 """
 
 from __future__ import annotations
@@ -34,7 +31,8 @@ from dtlabel.teachers import sampling
 from dtlabel.teachers.base import SampleOutput, Teacher
 from dtlabel.teachers.hooks import capture_outputs, check_blocks, output_info, run_hooked
 from dtlabel.teachers.loading import make_scheduler
-from dtlabel.teachers.noise import check_timesteps, draw_noise, image_seeds
+from dtlabel.teachers.noise import NOISE_DEVICES, check_timesteps, draw_noise, image_seeds
+from dtlabel.teachers.speed import SamplingNet
 
 __all__ = ["DiffusionTeacher"]
 
@@ -65,6 +63,8 @@ class DiffusionTeacher(Teacher):
     - ``sampler``: ``"ddim"`` (default), ``"ddpm"`` or ``"dpm"`` (DPM-Solver++ multistep).
     - ``sample_steps``: denoising steps of :meth:`sample` (default 50); ``eta``: DDIM eta (0.0).
     - ``sample_features``: ``"encode"`` (default) or ``"capture"``, see :meth:`sample`.
+    - ``noise_device``: ``"cpu"`` (default) or ``"device"``: where noise generators live (``noise.py``);
+      ``channels_last``, ``compile``: how sampling steps run the UNet (``speed.py``).
     """
 
     can_sample = True
@@ -87,6 +87,9 @@ class DiffusionTeacher(Teacher):
         sample_steps: int = 50,
         eta: float = 0.0,
         sample_features: str = "encode",
+        noise_device: str = "cpu",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__(path)
         if amp not in _AMP_CHOICES:
@@ -102,6 +105,8 @@ class DiffusionTeacher(Teacher):
             raise ConfigError(f"unknown sample_features {sample_features!r}; choose 'encode' or 'capture'")
         if int(noise_draws) < 1:
             raise ConfigError(f"noise_draws must be >= 1, got {noise_draws}")
+        if noise_device not in NOISE_DEVICES:
+            raise ConfigError(f"unknown noise_device {noise_device!r}; choose one of {list(NOISE_DEVICES)}")
         if int(sample_steps) < 1:
             raise ConfigError(f"sample_steps must be >= 1, got {sample_steps}")
         self.concat_timesteps = bool(concat_timesteps)
@@ -113,6 +118,8 @@ class DiffusionTeacher(Teacher):
         self.sample_steps = int(sample_steps)
         self.eta = float(eta)
         self.sample_features = sample_features
+        self.noise_device, self._speed = noise_device, {"channels_last": bool(channels_last), "compile": bool(compile)}
+        self._fast_steps = False  # set while a sampler runs its hook-free steps (``_run_unet``)
         self._requested_blocks = tuple(blocks) if blocks is not None else None
         ts_in = (timesteps,) if isinstance(timesteps, int) else timesteps
         self._requested_timesteps = tuple(int(t) for t in ts_in)
@@ -129,6 +136,9 @@ class DiffusionTeacher(Teacher):
             sample_steps=self.sample_steps,
             eta=self.eta,
             sample_features=sample_features,
+            noise_device=noise_device,
+            channels_last=bool(channels_last),
+            compile=bool(compile),
         )
 
     def _finish_init(self) -> None:
@@ -143,6 +153,7 @@ class DiffusionTeacher(Teacher):
         self.blocks: tuple[str, ...] = check_blocks(self.unet, self._requested_blocks or default, top, "UNet")
         self.timesteps: tuple[int, ...] = self._check_timesteps(self._requested_timesteps)
         self.noise_scheduler = make_scheduler(DDPMScheduler, self.scheduler_config)
+        self.sampling_net = SamplingNet(self.unet, **self._speed)
 
     # ------------------------------------------------------------------ family hooks
     @property
@@ -166,6 +177,13 @@ class DiffusionTeacher(Teacher):
     @abstractmethod
     def _unet(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """Run the UNet on ``x (N, C, h, w)`` at timesteps ``t (N,)`` and return its prediction."""
+
+    def _run_unet(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The UNet's first output at ``x``: eager, or in a sampler's hook-free steps the
+        channels-last / compiled form of ``teacher.channels_last`` / ``teacher.compile`` (``speed.py``)."""
+        if self._fast_steps:
+            return self.sampling_net.module(self.sampling_net.prepare(x), t, return_dict=False, **kwargs)[0]
+        return self.unet(x, t, return_dict=False, **kwargs)[0]
 
     def _condition(self, n: int, guidance: bool = False) -> Any:
         """Conditioning for a batch of ``n`` (None for unconditional models)."""
@@ -260,7 +278,7 @@ class DiffusionTeacher(Teacher):
 
         Args:
             images: ``(B, 3, H, W)`` float in [-1, 1]; ``H, W`` as allowed by :meth:`check_image_size`.
-            seed: an int (one CPU generator for the batch) or one seed per image (each image's noise
+            seed: an int (one generator for the batch) or one seed per image (each image's noise
                 from its own generator: features independent of batch composition; use this for
                 caches and synthesis).
             timesteps: diffusion timesteps (default: the configured ones). All timesteps share the
@@ -280,7 +298,7 @@ class DiffusionTeacher(Teacher):
         n = images.shape[0]
         seeds = image_seeds(seed, n)
         x0 = self.encode(images)
-        eps = draw_noise(tuple(x0.shape), seeds, draws, self.device)
+        eps = draw_noise(tuple(x0.shape), seeds, draws, self.device, on_device=self.noise_device == "device")
         passes = [(d, t) for d in range(draws) for t in ts]
         chunks = [passes] if self.batch_timesteps else [[p] for p in passes]
         acc: dict[tuple[str, int], torch.Tensor] = {}
@@ -328,7 +346,7 @@ class DiffusionTeacher(Teacher):
     ) -> SampleOutput:
         """Draw ``n`` images with the configured sampler, and optionally their features.
 
-        Sample ``i`` uses its own CPU generator seeded ``seed + i``, so it is the same whatever ``n``
+        Sample ``i`` uses its own generator (noise.py) seeded ``seed + i``, so it is the same whatever ``n``
         and ``batch_size`` are. Features follow the ``sample_features`` option (``"encode"``: the
         real-image reading of the final image; ``"capture"``: the sampler's own block outputs), see
         ``sampling.py``. ``steps``: default ``sample_steps``; ``batch_size``: images per UNet batch
@@ -361,11 +379,15 @@ class DiffusionTeacher(Teacher):
                       return_features: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         """One batch: ``(images (B, 3, H, W) in [-1, 1], features or None)``."""
         capture = return_features and self.sample_features == "capture"
-        x, captured = sampling.denoise(
-            lambda x_in, t: self._predict(x_in, t, self.guidance_scale), self.make_sampler(), batch_seeds, shape,
-            steps, self.device, eta=self.eta,
-            capture=(lambda store: capture_outputs(self.unet, self.blocks, store)) if capture else None,
-            capture_at=self.timesteps)
+        self._fast_steps = not capture  # captured steps run hooked, so eager
+        try:
+            x, captured = sampling.denoise(
+                lambda x_in, t: self._predict(x_in, t, self.guidance_scale), self.make_sampler(), batch_seeds, shape,
+                steps, self.device, eta=self.eta,
+                capture=(lambda store: capture_outputs(self.unet, self.blocks, store)) if capture else None,
+                capture_at=self.timesteps, noise_on_device=self.noise_device == "device")
+        finally:
+            self._fast_steps = False
         images = self.decode(x).clamp(-1, 1).float()
         if not return_features:
             return images, None

@@ -1,8 +1,12 @@
-"""Noise and timesteps of diffusion teachers: checked timesteps, per-image seeds, CPU noise draws.
+"""Noise and timesteps of diffusion teachers: checked timesteps, per-image seeds, noise draws.
 
-All noise is drawn on the CPU from ``torch.Generator`` objects seeded by the caller and then moved,
-so the same seed gives the same features on CPU and CUDA (up to kernel rounding), and one seed per
-image makes an image's noise independent of the batch it is in.
+By default noise is drawn on the CPU from ``torch.Generator`` objects seeded by the caller and then
+moved, so the same seed gives the same features on CPU and CUDA (up to kernel rounding). With
+``teacher.noise_device=device`` it is drawn by generators on the teacher's device instead (no host
+work and no copy per batch on a GPU): the bytes are then still a function of the seed on one kind
+of device, but CUDA's generator (Philox) draws other numbers than the CPU's (Mersenne Twister), so
+a seed gives other samples on a GPU than on a CPU. One seed per image makes an image's noise
+independent of the batch it is in, either way.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import torch
 
 from dtlabel.errors import ConfigError
 
-__all__ = ["check_timesteps", "draw_noise", "image_seeds"]
+__all__ = ["NOISE_DEVICES", "check_timesteps", "draw_noise", "generator", "image_seeds"]
+
+NOISE_DEVICES = ("cpu", "device")
 
 
 def check_timesteps(timesteps: int | Sequence[int], num_train_timesteps: int) -> tuple[int, ...]:
@@ -42,18 +48,24 @@ def image_seeds(seed: int | Sequence[int], batch: int) -> list[int] | int:
     return seeds
 
 
-def draw_noise(shape: tuple[int, ...], seed: int | list[int], draws: int, device: torch.device) -> torch.Tensor:
+def generator(seed: int, device: torch.device, on_device: bool = False) -> torch.Generator:
+    """A generator seeded ``seed``: on the CPU, or on ``device`` when ``on_device``."""
+    return torch.Generator(device if on_device else "cpu").manual_seed(int(seed))
+
+
+def draw_noise(shape: tuple[int, ...], seed: int | list[int], draws: int, device: torch.device,
+               on_device: bool = False) -> torch.Tensor:
     """``(draws, B, C, h, w)`` standard normal noise for a batch of ``shape (B, C, h, w)``, on ``device``.
 
     An int seed draws the whole batch from one generator; a list draws image ``b`` from its own
-    generator seeded ``seed[b]``, so its features do not depend on the rest of the batch.
+    generator seeded ``seed[b]``, so its features do not depend on the rest of the batch. The
+    generators are on the CPU, or on ``device`` when ``on_device`` (``teacher.noise_device``).
     """
     b, *rest = shape
+    where = device if on_device else torch.device("cpu")
     if isinstance(seed, int):
-        g = torch.Generator("cpu").manual_seed(seed)
-        eps = torch.randn((draws, b, *rest), generator=g)
+        eps = torch.randn((draws, b, *rest), generator=generator(seed, device, on_device), device=where)
     else:
-        eps = torch.stack(
-            [torch.randn((draws, *rest), generator=torch.Generator("cpu").manual_seed(s)) for s in seed], dim=1
-        )
+        eps = torch.stack([torch.randn((draws, *rest), generator=generator(s, device, on_device), device=where)
+                           for s in seed], dim=1)
     return eps.to(device)

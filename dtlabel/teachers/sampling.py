@@ -6,8 +6,8 @@ guidance included, and decodes the result).
 scheduler is a fresh diffusers object per batch, made from the teacher's own noise schedule
 (:func:`make_sampler`).
 
-Determinism: sample ``i`` has its own CPU ``torch.Generator`` seeded ``seed + i`` for its initial
-noise and every step noise, so it is the same whatever ``n`` and the batch size are, and any range
+Determinism: sample ``i`` has its own ``torch.Generator`` (the CPU's, or the device's with
+``teacher.noise_device=device``) seeded ``seed + i`` for its initial noise and every step noise, so it is the same whatever ``n`` and the batch size are, and any range
 of samples can be regenerated alone (for a large data set call ``sample`` repeatedly with
 ``seed=base_seed + offset``).
 
@@ -32,6 +32,7 @@ import torch
 
 from dtlabel.errors import ConfigError
 from dtlabel.teachers.loading import make_scheduler, parameter_names
+from dtlabel.teachers.noise import generator
 
 logger = logging.getLogger(__name__)
 
@@ -57,16 +58,18 @@ def make_sampler(samplers: Mapping[str, str], name: str, config: Mapping[str, An
 
 def denoise(predict: Predict, scheduler: Any, seeds: Sequence[int], shape: tuple[int, int, int], steps: int,
             device: torch.device, eta: float = 0.0, capture: Capture | None = None,
-            capture_at: Sequence[int] = ()) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+            capture_at: Sequence[int] = (), noise_on_device: bool = False,
+            ) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
     """One batch, one sample per seed: ``(x0 (B, C, h, w) in the model's space, captured maps)``.
 
     ``shape`` is one sample's ``(C, h, w)``. Sample ``k`` draws its initial and step noise from its
-    own CPU generator seeded ``seeds[k]``. With ``capture``, the block outputs of the step nearest
+    own generator seeded ``seeds[k]`` (on the CPU, or on ``device`` with ``noise_on_device``; see
+    ``noise.py``). With ``capture``, the block outputs of the step nearest
     to each timestep of ``capture_at`` are kept as ``{(block, t): (B, C', h', w')}``.
     """
-    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    gens = [generator(s, device, noise_on_device) for s in seeds]
     scheduler.set_timesteps(steps, device=device)
-    x = torch.cat([torch.randn((1, *shape), generator=g) for g in gens]).to(device)
+    x = torch.cat([torch.randn((1, *shape), generator=g, device=g.device) for g in gens]).to(device)
     x = x * scheduler.init_noise_sigma
     step_kwargs: dict[str, Any] = {}
     step_params = parameter_names(scheduler.step)

@@ -178,7 +178,7 @@ class StableDiffusionTeacher(DiffusionTeacher):
     def _unet(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         if cond is None:
             cond = self._condition(x.shape[0])
-        return self.unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+        return self._run_unet(x, t, encoder_hidden_states=cond)
 
     def _predict(self, x: torch.Tensor, t: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         """Prediction with classifier-free guidance when ``guidance_scale > 1`` (batch: uncond, cond)."""
