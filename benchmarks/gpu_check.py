@@ -24,15 +24,23 @@ a cut run still returns what it measured)::
    train-student at the gpu preset (AMP: bf16 where the GPU has it), a few dozen steps each;
    images/s is taken between the run's second and last metrics lines (warm-up left out), and a
    side-by-side of NCHW against channels_last for the student and the teacher UNet.
-4. ``teachers``: the rest of the time (``--teacher-minutes`` is kept for it: throughput rows that
-   would cut into it are skipped) trains two teachers side by side on the one GPU, both small and
-   launch-bound there, both annealed by ``fit.optim.schedule=budget``: a CCP teacher (the cpu preset's
-   8.19M UNet, whose fp16 export stays under 16 MiB) at 192x128, and the default data's teacher
-   (``models/default``'s 4.33M UNet at 64x64, the demo's). Their folders come back as
-   ``teacher.tar`` and ``default_teacher.tar`` (the latter with its samples, metrics and run.json).
+4. ``default``: the shipped default teacher (``models/default``, 4.33M UNet at 64x64, the demo's):
+   fit-teacher at its recipe (batch 256; target 8000 images/s), a head on it, then ``synthesize
+   --n`` at 20 DDIM steps with the sampling switches off and on one by one (CPU noise and one
+   encoding thread; ``teacher.noise_device=device``; ``synth.encode_workers=8``;
+   ``teacher.channels_last``; ``teacher.compile``; samples/s between the first and the last shard,
+   so a compile is left out; target 2000 samples/s), then ``synthesize --n 100000`` at the gpu
+   preset for at most ``--big-seconds`` (samples written and samples/s come back either way).
+5. ``teachers``: the rest of the time (``--teacher-minutes`` is kept for it: rows that would cut
+   into it are skipped) continues the teacher every CCP figure rests on, ``models/ccp``, at its own
+   96x64 from its weights (``fit.init_from``; the cpu preset's 8.19M UNet, fp16 export under 16
+   MiB), annealed by ``fit.optim.schedule=budget``; it comes back as ``teacher.tar``, to be
+   compared with ``models/ccp`` on the held-out heads here (benchmarks/teacher_curve.py) before it
+   replaces it. ``--default-teacher`` also trains the default data's teacher beside it (the first
+   run's second teacher; ``default_teacher.tar``).
 
 Back in ``$OUT`` (flat, at most 8 files): ``results.json``, ``results.md``, ``gpu_check.log``,
-``teacher.tar``, ``samples.png``, ``teacher_metrics.jsonl``, ``default_teacher.tar``.
+``teacher.tar``, ``samples.png``, ``teacher_metrics.jsonl`` (and ``default_teacher.tar``).
 ``--tiny --device cpu`` runs every phase on the tiny preset and the embedded default data in about
 a minute (tests/test_gpu_check.py). What the first run on an H200 measured: docs/RESULTS.md.
 """
@@ -45,7 +53,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -57,6 +64,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_rows import Row, bench_layouts, default_plans, plans, teacher_plans  # noqa: E402
 # what the device image lacks (docs of the device kind list its packages), pinned to this environment
 DEVICE_MISSING = ("diffusers", "segmentation-models-pytorch", "albumentations", "albucore", "stringzilla", "simsimd",
                   "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions",
@@ -168,77 +177,22 @@ def steady_rate(metrics: Path) -> float | None:
     return round(seen / max(b["elapsed_s"] - a["elapsed_s"], 1e-9), 2)
 
 
+def shard_progress(run: Path) -> tuple[int, float | None]:
+    """(samples in finished shards, samples/s between the first and the last shard to finish).
+
+    The first shard's time holds the start, the compile and the warm-up, so it is left out; a run
+    cut by its time cap still has its finished shards."""
+    sides = sorted((run / "shards").glob("*.json"), key=lambda p: p.stat().st_mtime) if (run / "shards").is_dir() else []
+    counts = [json.loads(p.read_text())["count"] for p in sides]
+    if len(sides) < 2:
+        return sum(counts), None
+    span = sides[-1].stat().st_mtime - sides[0].stat().st_mtime
+    return sum(counts), round(sum(counts[1:]) / span, 2) if span > 0 else None
+
+
 def synth_rate(log: Path) -> float | None:
     found = re.findall(r"\(([0-9.]+) samples/s\)", log.read_text()) if log.is_file() else []
     return float(found[-1]) if found else None
-
-
-def plans(data: list[str], device: str, tiny: bool, work: Path) -> list[tuple[str, list[str], Path, str]]:
-    """(row name, argv, run folder, how the rate is read) for the throughput phase."""
-    preset = "tiny" if tiny else "gpu"
-    common = ["--preset", preset, "--device", device, *data, "num_workers=0" if tiny else "num_workers=8", "-q"]
-    teacher = str(work / "fit") if tiny else str(ROOT / "models" / "ccp")
-    n_steps = 8 if tiny else 40
-    rows = [
-        ("fit-teacher", ["fit-teacher", f"fit.steps={n_steps}", "fit.log_every=2" if tiny else "fit.log_every=5",
-                         "fit.sample_n=0", "fit.checkpoint_every=1000"], work / "fit", "metrics"),
-        ("pretrain", ["pretrain", "--teacher", teacher, f"pretrain.steps={n_steps // 2}", "pretrain.log_every=2",
-                      "pretrain.checkpoint_every=1000"] + (["pretrain.backbone=mobilenetv3_small_050"] if tiny else []),
-         work / "pretrain", "metrics"),
-        ("train-head", ["train-head", "--teacher", teacher, "--labels", "8" if tiny else "50", "head.epochs=3" if tiny else
-                        "head.epochs=6", "head.eval_every=1000", "head.log_every=2"], work / "head", "metrics"),
-        ("synthesize (sampled)", ["synthesize", "--teacher", teacher, "--head", str(work / "head"),
-                                  "--n", "8" if tiny else "256"], work / "synth-n", "log"),
-        ("synthesize (pool)", ["synthesize", "--teacher", teacher, "--head", str(work / "head")], work / "synth-pool", "log"),
-        ("train-student", ["train-student", "--labels", "8" if tiny else "50", "student.epochs=1",
-                           f"student.epoch_steps={n_steps}", "student.log_every=2", "student.val_size=4"],
-         work / "student", "metrics"),
-    ]
-    return [(name, [*argv, *common, "--out", str(out)], out, how) for name, argv, out, how in rows]
-
-
-def bench_layouts(device: str, tiny: bool, reps: int) -> list[dict[str, Any]]:
-    """Median fwd+bwd seconds of the student and the teacher UNet, NCHW against channels_last, interleaved."""
-    import torch
-
-    from dtlabel.config import compose
-    from dtlabel.device import amp_dtype, autocast, select_device
-    from dtlabel.students.model import create_student
-    from dtlabel.students.task import smp_kwargs
-    from dtlabel.teachers.fit_arch import build_unet
-
-    dev = select_device(device)
-    dtype = amp_dtype(dev, "auto")
-    size, batch = ((32, 32), 2) if tiny else ((192, 128), 16)
-    sc = compose("train_student", [f"preset={'tiny' if tiny else 'gpu'}"]).student
-    student, _ = create_student(sc.arch, sc.encoder, 8, **smp_kwargs(sc))
-    fc = compose("fit_teacher", [f"preset={'tiny' if tiny else 'cpu'}"]).fit
-    unet = build_unet(fc.model, size)
-    out = []
-    for name, model, call in (("train-student", student, lambda m, x: m(x)),
-                              ("teacher UNet", unet, lambda m, x: m(x, torch.full((x.shape[0],), 50, device=x.device)).sample)):
-        model = model.to(dev).train()
-        x = torch.randn(batch if name == "train-student" else 2 * batch, 3, *size, device=dev)
-        times: dict[str, list[float]] = {"nchw": [], "channels_last": []}
-        for rep in range(reps + 2):
-            for layout in times:
-                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-                m, xi = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                with autocast(dev, dtype):
-                    y = call(m, xi)
-                y.float().mean().backward()
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                if rep >= 2:
-                    times[layout].append(time.perf_counter() - t)
-                m.zero_grad(set_to_none=True)
-        a, b = statistics.median(times["nchw"]), statistics.median(times["channels_last"])
-        out.append({"model": name, "size": list(size), "batch": int(x.shape[0]), "nchw_s": round(a, 5),
-                    "channels_last_s": round(b, 5), "ratio_nchw_over_cl": round(a / b, 3)})
-    return out
 
 
 def data_args(data: Path | None, tiny: bool) -> list[str]:
@@ -278,23 +232,35 @@ def phase_tests(s: Session, cap_s: float) -> None:
     s.log(out[-4000:])
 
 
-def phase_throughput(s: Session, data: list[str], device: str, tiny: bool, work: Path, cap_s: float,
-                     reserve_s: float) -> None:
-    """images/s of each command (rows skipped once only ``reserve_s`` is left), then the layouts."""
+def measure_rows(s: Session, key: str, plan: list[Row], cap_s: float, reserve_s: float,
+                 last_cap_s: float | None = None) -> None:
+    """Run each row (skipped once only ``reserve_s`` is left) into ``s.results[key]``; the last row
+    may have its own cap (``last_cap_s``: the 100k run)."""
     rows = []
-    for name, argv, out, how in plans(data, device, tiny, work):
+    for k, (name, argv, out, how) in enumerate(plan):
         if s.left() - reserve_s < 20:
             rows.append({"command": name, "argv": argv, "rc": None, "seconds": 0, "images_per_s": None,
                          "error": "skipped: the time left is kept for the teachers"})
             s.log(f"{name}: skipped, {s.left():.0f}s left")
             continue
-        rc, seconds, tail = s.command(argv, min(cap_s * SLOW_ROWS.get(name, 1.0), s.left() - reserve_s))
-        rate = steady_rate(out / "metrics.jsonl") if how == "metrics" else synth_rate(out / "synthesize.log")
-        rows.append({"command": name, "argv": argv, "rc": rc, "seconds": round(seconds, 1), "images_per_s": rate,
-                     "error": tail.strip().splitlines()[-1] if rc and tail.strip() else None})
-        s.log(f"{name}: {rate} images/s, {seconds:.0f}s, exit {rc}")
-        s.results["throughput"] = rows
+        cap = last_cap_s if last_cap_s is not None and k == len(plan) - 1 else cap_s * SLOW_ROWS.get(name, 1.0)
+        rc, seconds, tail = s.command(argv, min(cap, s.left() - reserve_s))
+        row: dict[str, Any] = {"command": name, "argv": argv, "rc": rc, "seconds": round(seconds, 1)}
+        if how == "shards":
+            row["samples"], row["images_per_s"] = shard_progress(out)
+        else:
+            row["images_per_s"] = steady_rate(out / "metrics.jsonl") if how == "metrics" else synth_rate(out / "synthesize.log")
+        row["error"] = tail.strip().splitlines()[-1] if rc and tail.strip() else None
+        rows.append(row)
+        s.log(f"{name}: {row['images_per_s']} images/s, {seconds:.0f}s, exit {rc}")
+        s.results[key] = rows
         s.save()
+
+
+def phase_throughput(s: Session, data: list[str], device: str, tiny: bool, work: Path, cap_s: float,
+                     reserve_s: float) -> None:
+    """images/s of each command (rows skipped once only ``reserve_s`` is left), then the layouts."""
+    measure_rows(s, "throughput", plans(data, device, tiny, work), cap_s, reserve_s)
     if s.left() - reserve_s < 20:
         s.results["layouts"] = [{"error": "skipped: the time left is kept for the teachers"}]
         return
@@ -305,32 +271,9 @@ def phase_throughput(s: Session, data: list[str], device: str, tiny: bool, work:
     s.log(f"layouts: {s.results['layouts']}")
 
 
-def teacher_plans(data: list[str], device: str, tiny: bool, work: Path, minutes: float, batch: int, lr: float,
-                  default_batch: int, default_lr: float) -> list[tuple[str, list[str], Path]]:
-    """(name, argv, run folder) of the teachers trained side by side until the budget ends.
-
-    ``ccp``: the cpu preset's 8.19M UNet at 192x128 on CCP (fp16 export under 16 MiB). ``default``:
-    the demo's teacher (``models/default``: the 4.33M UNet at 64x64 on the default data's label-free
-    pool, dtlabel/configs/demo/cpu.yaml), trained here two orders of magnitude longer than a CPU hour gives.
-    Both anneal by time (``fit.optim.schedule=budget``) so that the last steps are taken at a low rate.
-    """
-    common = ["fit.steps=1000000", "fit.optim.schedule=budget", f"fit.max_minutes={minutes:.2f}", "fit.optim.warmup_steps=200",
-              "fit.export_dtype=fp16", "fit.checkpoint_every=1000", "fit.sample_n=16",
-              "fit.log_every=10" if tiny else "fit.log_every=100", "num_workers=0" if tiny else "num_workers=6", "-q"]
-    ccp = ["fit-teacher", "--preset", "tiny" if tiny else "cpu", "--device", device, *data, f"fit.batch_size={batch}",
-           f"fit.optim.lr={lr}", *common] + ([] if tiny else ["fit.size=[192,128]"])
-    default_data = data if tiny else ["data=default"]
-    default = ["fit-teacher", "--preset", "tiny" if tiny else "cpu", "--device", device, *default_data,
-               f"fit.batch_size={default_batch}", f"fit.optim.lr={default_lr}", *common]
-    if not tiny:
-        default += ["fit.scale=1.0", "fit.model.block_out_channels=[32,64,128,128]"]
-    return [("ccp", [*ccp, "--out", str(work / "teacher")], work / "teacher"),
-            ("default", [*default, "--out", str(work / "default-teacher")], work / "default-teacher")]
-
-
 def phase_teachers(s: Session, data: list[str], device: str, tiny: bool, work: Path, batch: int, lr: float,
-                   default_batch: int, default_lr: float) -> None:
-    """Train the CCP and the default-data teacher at once on the one device, each for the time left.
+                   default_batch: int, default_lr: float, with_default: bool = False) -> None:
+    """Train the CCP (and the default-data) teacher at once on the one device, each for the time left.
 
     They are small (launch-bound on a large GPU), so two processes share it better than one after the
     other. Returned: ``teacher.tar`` (the CCP teacher folder), ``samples.png``, ``teacher_metrics.jsonl``
@@ -338,7 +281,8 @@ def phase_teachers(s: Session, data: list[str], device: str, tiny: bool, work: P
     """
     minutes = 0.1 if tiny else max(0.5, (s.left() - 60) / 60)
     procs = []
-    for name, argv, out in teacher_plans(data, device, tiny, work, minutes, batch, lr, default_batch, default_lr):
+    for name, argv, out in teacher_plans(data, device, tiny, work, minutes, batch, lr, default_batch, default_lr,
+                                         with_default):
         s.log(f"+ [{name}] dtlabel " + " ".join(argv))
         log = (work / f"{name}-teacher.log").open("w")
         procs.append((name, argv, out, log, time.time(),
@@ -388,6 +332,10 @@ def write_table(s: Session) -> None:
     lines += ["| command | images/s (steady) | wall s | exit |", "|---|---:|---:|---:|"]
     for row in r.get("throughput", []):
         lines.append(f"| {row['command']} | {row['images_per_s']} | {row['seconds']} | {row['rc']} |")
+    lines += ["", "| default teacher | images or samples/s (steady) | samples written | wall s | exit |",
+              "|---|---:|---:|---:|---:|"]
+    for row in r.get("default", []):
+        lines.append(f"| {row['command']} | {row['images_per_s']} | {row.get('samples', '')} | {row['seconds']} | {row['rc']} |")
     lines += ["", "| model | size | batch | NCHW s | channels_last s | NCHW / channels_last |", "|---|---|---:|---:|---:|---:|"]
     for row in r.get("layouts", []):
         if "error" in row:
@@ -413,11 +361,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.skip_tests:
         phase_tests(s, cap_s=90)
         s.save()
-    phase_throughput(s, data, args.device, args.tiny, work, cap_s=60 if args.tiny else 45,
-                     reserve_s=0 if args.tiny else 60 * args.teacher_minutes)
+    reserve = 0 if args.tiny else 60 * args.teacher_minutes
+    phase_throughput(s, data, args.device, args.tiny, work, cap_s=60 if args.tiny else 45, reserve_s=reserve)
+    s.save()
+    measure_rows(s, "default", default_plans(data, args.device, args.tiny, work), cap_s=60 if args.tiny else 45,
+                 reserve_s=reserve, last_cap_s=args.big_seconds)
     s.save()
     phase_teachers(s, data, args.device, args.tiny, work, args.teacher_batch, args.teacher_lr, args.default_batch,
-                   args.default_lr)
+                   args.default_lr, args.default_teacher)
     s.results["seconds"] = round(time.time() - s.t0, 1)
     s.save()
     write_table(s)
@@ -433,14 +384,17 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--out", default=".gpu", type=Path)
     pp.add_argument("--no-wheels", action="store_true")
     pp.add_argument("--quality", type=int, default=85, help="JPEG quality of the resized photos")
-    pr = sub.add_parser("run", help="on the device: tests, throughput, then the CCP and default teachers until --minutes")
+    pr = sub.add_parser("run", help="on the device: tests, throughput, the default teacher's sampling, then the CCP "
+                                    "teacher until --minutes")
     pr.add_argument("--data", help="the prepared CCP folder (.gpu/ccp)")
     pr.add_argument("--out", required=True)
     pr.add_argument("--work", default="/tmp/dtlabel-gpu-check", help="run folders (not returned)")
     pr.add_argument("--minutes", type=float, default=8.0)
     pr.add_argument("--device", default="cuda")
     pr.add_argument("--teacher-batch", type=int, default=64)
-    pr.add_argument("--teacher-lr", type=float, default=3e-4)
+    pr.add_argument("--teacher-lr", type=float, default=1.5e-4, help="the CCP teacher's lr (models/ccp went on at 1.5e-4)")
+    pr.add_argument("--big-seconds", type=float, default=120.0, help="cap of the synthesize --n 100000 row")
+    pr.add_argument("--default-teacher", action="store_true", help="also train the default data's teacher anew")
     pr.add_argument("--default-batch", type=int, default=256, help="the default-data teacher's batch")
     pr.add_argument("--default-lr", type=float, default=4e-4)
     pr.add_argument("--teacher-minutes", type=float, default=5.0,

@@ -49,28 +49,36 @@ def test_cpu_rehearsal_measures_every_command_and_returns_a_loadable_teacher(tmp
     files = sorted(p.name for p in out.iterdir())
     # what a device call returns: flat, at most 8 files, plain names
     assert len(files) <= 8 and all(re.fullmatch(r"[A-Za-z0-9._-]+", f) for f in files)
-    assert {"results.json", "results.md", "gpu_check.log", "teacher.tar", "default_teacher.tar", "samples.png"} <= set(files)
+    assert {"results.json", "results.md", "gpu_check.log", "teacher.tar", "samples.png"} <= set(files)
     results = json.loads((out / "results.json").read_text())
     commands = [r["command"] for r in results["throughput"]]
     assert commands == ["fit-teacher", "pretrain", "train-head", "synthesize (sampled)", "synthesize (pool)", "train-student"]
     for row in results["throughput"]:
+        assert row["rc"] == 0 and row["images_per_s"] > 0, row
+    # the default teacher: its fit, a head, the sampling switches one by one, the big run
+    default = results["default"]
+    assert [r["command"].split(":")[-1].strip() for r in default[2:6]] == [
+        "CPU noise, 1 encoder", "+ noise on the device", "+ 8 encoding threads (the gpu preset)", "+ channels_last"]
+    assert default[-1]["command"].startswith("synthesize --n 100000") and default[-1]["samples"] == 32
+    for row in default:
         assert row["rc"] == 0 and row["images_per_s"] > 0, row
     assert [r["model"] for r in results["layouts"]] == ["train-student", "teacher UNet"]
     assert all(r["nchw_s"] > 0 and r["channels_last_s"] > 0 for r in results["layouts"])
     from diffusers import UNet2DModel
     from safetensors import safe_open
 
-    for name, tar_name in (("ccp", "teacher.tar"), ("default", "default_teacher.tar")):
-        teacher = results["teachers"][name]
-        assert teacher["rc"] == 0 and teacher["run"]["stopped_early"], name  # the budget ended it
-        with tarfile.open(out / tar_name) as tar:
-            tar.extractall(tmp_path / name, filter="data")
-        unet = UNet2DModel.from_pretrained(tmp_path / name / "teacher", subfolder="unet")
-        assert unet.config.sample_size is not None
-        weights = next((tmp_path / name / "teacher" / "unet").glob("*.safetensors"))
-        with safe_open(str(weights), "pt") as f:
-            assert all(f.get_tensor(k).dtype.is_floating_point and f.get_tensor(k).element_size() == 2 for k in f.keys())
-    assert (tmp_path / "default" / "samples.png").is_file() and (tmp_path / "default" / "run.json").is_file()
+    teacher = results["teachers"]["ccp"]
+    assert teacher["rc"] == 0 and teacher["run"]["stopped_early"]  # the budget ended it
+    assert list(results["teachers"]) == ["ccp"]  # the default teacher only with --default-teacher
+    with tarfile.open(out / "teacher.tar") as tar:
+        tar.extractall(tmp_path / "ccp", filter="data")
+    folder = tmp_path / "ccp" / "teacher"
+    assert json.loads((folder / "dtlabel_teacher.json").read_text())["init_from"] == "teacher"  # continued, not anew
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+    assert unet.config.sample_size is not None
+    weights = next((folder / "unet").glob("*.safetensors"))
+    with safe_open(str(weights), "pt") as f:
+        assert all(f.get_tensor(k).dtype.is_floating_point and f.get_tensor(k).element_size() == 2 for k in f.keys())
     table = (out / "results.md").read_text()
-    assert "| synthesize (pool) |" in table and "| teacher UNet |" in table
-    assert "ccp teacher:" in table and "default teacher:" in table
+    assert "| synthesize (pool) |" in table and "| teacher UNet |" in table and "| default teacher |" in table
+    assert "ccp teacher:" in table
