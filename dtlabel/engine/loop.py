@@ -205,6 +205,9 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
                 loss_ema = loss if math.isnan(loss_ema) else a * loss_ema + (1 - a) * loss
                 elapsed = time.time() - t_start
                 bar.update(1)
+                if max_seconds < math.inf and done > start:  # a budget ends the run: the bar's total is where it will
+                    left = max_seconds - elapsed  # (the steps the time left allows at this pace), so its ETA is true
+                    bar.total = min(total, done + int(left / (elapsed / (done - start))))
                 postfix = {"loss": f"{loss_ema:.4f}"}
                 if task.images_per_step:
                     postfix["img_s"] = f"{seen / max(elapsed, 1e-9):.1f}"
