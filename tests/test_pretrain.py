@@ -222,6 +222,28 @@ def test_a_vision_transformer_pretrains_through_its_feature_pyramid(teacher: Pat
     assert "use student.encoder=tu-vit_tiny_patch16_224 with student.arch=DPT" in err
 
 
+def test_dpt_reassembly_gives_the_four_levels_from_four_blocks(teacher: Path, tmp_path: Path) -> None:
+    """pretrain.vit_pyramid=reassemble: strides 4-32 from blocks 2, 5, 8 and 11 of ViT-tiny (every
+    block trains, the last one too), and the export is the plain ViT all the same."""
+    import timm
+    from safetensors.torch import load_file
+
+    from dtlabel.pretrain.vit import ViTPyramid
+
+    torch.manual_seed(0)
+    pyramid = ViTPyramid("vit_tiny_patch16_224", "reassemble")
+    assert pyramid.blocks == [2, 5, 8, 11]
+    maps = pyramid(torch.randn(2, 3, 64, 32))
+    assert [tuple(m.shape) for m in maps] == [(2, 48, 16, 8), (2, 96, 8, 4), (2, 192, 4, 2), (2, 192, 2, 1)]
+    sum(m.square().mean() for m in maps).backward()
+    assert pyramid.vit.blocks[2].mlp.fc2.weight.grad.abs().sum() > 0  # the fine levels pull on an early block
+    run = tmp_path / "vit-dpt"
+    assert main(["pretrain", *TINY, "--teacher", str(teacher), "pretrain.backbone=vit_tiny_patch16_224",
+                 "pretrain.vit_pyramid=reassemble", "--out", str(run)]) == 0
+    state = load_file(str(run / "backbone" / "backbone.safetensors"))
+    timm.create_model("vit_tiny_patch16_224", pretrained=False).load_state_dict(state, strict=True)
+
+
 def test_convnext_pretrains_through_the_four_stage_path(teacher: Path, tmp_path: Path) -> None:
     import timm
     from safetensors.torch import load_file

@@ -74,7 +74,7 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
     spec = teacher.feature_spec
     levels = match_levels(spec, teacher.image_size, size, mapping)  # type: ignore[arg-type]
     torch.manual_seed(seed)
-    net = DistillationNet(create_backbone(str(pc.backbone), size), spec, levels, int(pc.width),
+    net = DistillationNet(create_backbone(str(pc.backbone), size, str(pc.vit_pyramid)), spec, levels, int(pc.width),
                           num_classes=head.num_classes if head is not None else 0).to(device)
     task = _task(run, cfg, pc, net, teacher, head, images, size, device)
     matched = {n: {"level": lv, "backbone_stride": STRIDES[lv], "teacher_stride": s, "teacher_size": list(teacher.image_size),

@@ -31,9 +31,9 @@ from dtlabel.features import FeatureSpec
 STRIDES = (4, 8, 16, 32)
 
 
-def create_backbone(name: str, size: Sequence[int] | None = None) -> nn.Module:
+def create_backbone(name: str, size: Sequence[int] | None = None, vit_pyramid: str = "simple") -> nn.Module:
     """``timm.create_model(name, features_only=True, pretrained=False)`` keeping the stages at
-    strides 4-32, or for a plain vision transformer its simple feature pyramid (:mod:`.vit`);
+    strides 4-32, or for a plain vision transformer its ``vit_pyramid`` (:mod:`.vit`);
     ``ConfigError`` for an unknown name, a network without such stages or (ViT) a data ``size``
     its patches do not divide."""
     import timm
@@ -43,7 +43,7 @@ def create_backbone(name: str, size: Sequence[int] | None = None) -> nn.Module:
     if is_vision_transformer(name):
         from dtlabel.pretrain.vit import ViTPyramid
 
-        pyramid = ViTPyramid(name)
+        pyramid = ViTPyramid(name, vit_pyramid)
         if size is not None and (int(size[0]) % pyramid.patch or int(size[1]) % pyramid.patch):
             raise ConfigError(f"data.size={list(size)}: pretrain.backbone={name} cuts images into {pyramid.patch}x"
                               f"{pyramid.patch} patches; use a size divisible by {pyramid.patch}")

@@ -215,6 +215,7 @@ class PretrainSection:
     """``pretrain``: feature distillation into a backbone (``dtlabel pretrain``)."""
 
     backbone: str = "resnet18"
+    vit_pyramid: Literal["simple", "reassemble"] = "simple"
     width: int = num(32, ge=1)
     mapping: dict[str, int] | None = None
     teacher_norm: Literal["chw", "c", "none"] = "chw"
