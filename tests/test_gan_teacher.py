@@ -105,6 +105,25 @@ def test_a_budget_scheduled_generator_ends_with_its_budget_and_gets_its_encoder(
     assert json.loads((out / "teacher" / "gan.json").read_text())["encoder"] is not None
 
 
+def test_an_fp16_export_halves_the_folder_and_samples_as_the_fp32_one(gan_run: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from dtlabel.cli import main
+    from dtlabel.teachers import load_teacher
+
+    out = tmp_path / "half"
+    assert main([*ARGS, "fit.export_dtype=fp16", "--out", str(out)]) == 0
+    sizes = {}
+    for run in (gan_run, out):
+        sizes[run] = sum(p.stat().st_size for p in (run / "teacher").glob("*.safetensors"))
+    assert sizes[out] < 0.55 * sizes[gan_run]
+    with safe_open(str(out / "teacher" / "generator.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == {torch.float16, torch.int64}  # batch norm's step counters stay integers
+    full, half = load_teacher(gan_run).sample(4, seed=3), load_teacher(out).sample(4, seed=3)
+    torch.testing.assert_close(half.images, full.images, atol=2e-2, rtol=0)
+
+
 def test_sigkill_then_resume_gives_the_same_teacher(gan_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dtlabel.cli", *ARGS, "fit.steps=60", "fit.checkpoint_every=3", "--out", str(out)]

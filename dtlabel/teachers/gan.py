@@ -33,14 +33,23 @@ from dtlabel.teachers.gan_arch import FEATURE_STRIDES, GAN_DESCRIPTOR, GAN_FORMA
 from dtlabel.teachers.loading import TEACHER_META, missing_files, read_model_json
 
 
-def save_gan(folder: str | Path, generator: Generator, encoder: Encoder | None, meta: dict[str, Any]) -> Path:
+def save_gan(folder: str | Path, generator: Generator, encoder: Encoder | None, meta: dict[str, Any],
+             dtype: torch.dtype = torch.float32) -> Path:
     """Write a GAN teacher folder atomically: ``generator.safetensors``, ``encoder.safetensors`` (if
-    any), ``dtlabel_teacher.json`` (``meta``), then ``gan.json`` (the constructor arguments)."""
+    any), ``dtlabel_teacher.json`` (``meta``), then ``gan.json`` (the constructor arguments).
+
+    ``dtype`` (``fit.export_dtype``): float tensors stored as float16 halve the folder; the teacher
+    loads them into its float32 networks (batch norm's step counters stay integers)."""
     folder = Path(folder)
+
+    def stored(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().cpu()
+        return (v.to(dtype) if v.is_floating_point() else v).contiguous()
+
     with atomic_dir(folder) as tmp:
         for name, net in (("generator", generator), ("encoder", encoder)):
             if net is not None:
-                save_tensors({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                save_tensors({k: stored(v) for k, v in net.state_dict().items()},
                              tmp / f"{name}.safetensors", metadata={"format": GAN_FORMAT})
         write_json(tmp / TEACHER_META, {"family": "gan", **meta})
         write_json(tmp / GAN_DESCRIPTOR, {"format": GAN_FORMAT, "generator": generator.kwargs,

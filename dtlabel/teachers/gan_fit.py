@@ -310,7 +310,8 @@ def fit_gan(images: Dataset, out: Path, cfg: DictConfig, size: Sequence[int], de
     if dist.is_main():
         meta = {"trained_steps": int(result.steps), "encoder_steps": stage2.steps if stage2 else 0,
                 "size": [int(s) for s in size], "seed": int(seed)}
-        save_gan(teacher_dir, ema, encoder, meta)
+        dtype = torch.float16 if str(cfg.get("export_dtype", "fp32")) == "fp16" else torch.float32
+        save_gan(teacher_dir, ema, encoder, meta, dtype)
     dist.barrier()
     return FitResult(teacher_dir, result.steps, result.loss_ema, result.images_per_second, result.stopped, None, amp,
                      result.schedule, encoder=stage2)
