@@ -94,13 +94,13 @@ def test_budget_stop_then_resume_gives_the_same_teacher(gan_run: Path, tmp_path:
     assert _teacher_bytes(out) == _teacher_bytes(gan_run)
 
 
-def test_a_budget_scheduled_generator_ends_with_its_budget_and_gets_its_encoder(tmp_path: Path) -> None:
+def test_a_generator_given_a_budget_ends_with_it_and_gets_its_encoder(tmp_path: Path) -> None:
     from dtlabel.cli import main
 
     out = tmp_path / "budget"
-    assert main([*ARGS, "fit.max_minutes=0.0001", "fit.gan.optim.schedule=budget", "--out", str(out)]) == 0
+    assert main([*ARGS, "fit.max_minutes=0.0001", "--out", str(out)]) == 0  # schedule auto: budget
     desc = json.loads((out / "run.json").read_text())
-    assert desc["stopped_early"] is True and desc["steps"] < 6  # the budget ended the generator's cosine
+    assert desc["schedule"] == "budget" and desc["stopped_early"] is True and desc["steps"] < 6
     assert desc["encoder_steps"] == 4  # and the encoder stage followed: the teacher reads real images
     assert json.loads((out / "teacher" / "gan.json").read_text())["encoder"] is not None
 
