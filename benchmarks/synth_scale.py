@@ -6,7 +6,8 @@ memory now and its peak so far (``VmRSS`` / ``VmHWM`` of ``/proc/PID/status``, L
 (1k, 10k, 100k by default) it records the peak RSS when the run passed it, so "memory is flat from
 1k to 100k samples" is a row of figures, not a claim. A run folder that holds a plan already is
 continued with ``--resume`` (a 100k run may outlast one sitting); the rate then counts this
-sitting's samples only.
+sitting's samples only. Beside the wall-clock rate it gives samples per CPU second of the child
+(user + system, all its threads), the figure that holds on a machine shared with other jobs.
 
 Usage::
 
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.time() - t0
     done = finished_samples(out)
     # marks passed after the last look: the child's peak over the whole run (getrusage, KiB), an upper bound
-    peak_all = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_all, cpu = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
     for m in args.marks:
         if done >= m and m not in marks:
             marks[m] = {"s": round(wall, 1), "samples": done, "rss_mib": None, "peak_mib": round(peak_all, 1)}
@@ -103,16 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": shlex.join(["python", "benchmarks/synth_scale.py", *(argv if argv is not None else sys.argv[1:])]),
               "rc": rc, "resumed": resume, "samples": done, "samples_this_sitting": done - before,
               "wall_s": round(wall, 1), "samples_per_s": round((done - before) / wall, 2) if wall > 0 else None,
+              "cpu_s": round(cpu, 1), "samples_per_cpu_s": round((done - before) / cpu, 2) if cpu > 0 else None,
               "disk_bytes": size, "bytes_per_sample": round(size / done) if done else None,
               "peak_rss_mib": round(peak_all, 1),
               "marks": {str(m): marks.get(m) for m in args.marks}, "looks": looks}
     (out / "scale.json.tmp").write_text(json.dumps(result, indent=1) + "\n")
     os.replace(out / "scale.json.tmp", out / "scale.json")
     print(f"`{result['command']}`\n")
-    print("| samples | wall s | samples/s | disk | per sample | peak RSS at " + ", ".join(f"{m:,}" for m in args.marks) + " |")
-    print("|---:|---:|---:|---:|---:|---|")
+    print("| samples | wall s | samples/s | CPU s | samples per CPU s | disk | per sample | peak RSS at "
+          + ", ".join(f"{m:,}" for m in args.marks) + " |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|")
     peaks = ", ".join(f"{marks[m]['peak_mib']:.0f} MiB" if m in marks else "-" for m in args.marks)
-    print(f"| {done:,} | {wall:.0f} | {result['samples_per_s']} | {size / 2**30:.2f} GiB | "
+    print(f"| {done:,} | {wall:.0f} | {result['samples_per_s']} | {cpu:.0f} | {result['samples_per_cpu_s']} | {size / 2**30:.2f} GiB | "
           f"{(result['bytes_per_sample'] or 0) / 1000:.1f} kB | {peaks} |")
     return int(rc or 0)
 

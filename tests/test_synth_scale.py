@@ -32,7 +32,7 @@ def test_the_scale_benchmark_records_rate_disk_and_peak_memory_at_each_mark(tmp_
     assert res.returncode == 0, res.stderr[-2000:]
     scale = json.loads((out / "scale.json").read_text())
     assert scale["samples"] == 12 and scale["samples_this_sitting"] == 12 and not scale["resumed"]
-    assert scale["samples_per_s"] > 0 and scale["bytes_per_sample"] > 100
+    assert scale["samples_per_s"] > 0 and scale["samples_per_cpu_s"] > 0 and scale["bytes_per_sample"] > 100
     assert scale["disk_bytes"] == sum(p.stat().st_size for p in (out / "shards").glob("*.tar"))
     assert all(scale["marks"][m]["peak_mib"] > 10 for m in ("4", "12"))
     assert "| 12 |" in res.stdout and "synth_scale.py" in res.stdout
