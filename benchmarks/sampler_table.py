@@ -1,0 +1,211 @@
+"""Which sampler, and how many steps: chosen by what the labels are worth, not by how the images look.
+
+For each ``SAMPLER:STEPS`` of ``--grid`` (DDIM and DPM-Solver++ at 10, 20 and 50 steps by default) it
+runs ``synthesize --n N`` sampled pairs from the teacher (``models/default``) labelled by the demo's
+head, then the demo's distilled student on them (``train-student --synth S --labels L``, one run per
+``--student-seeds`` seed, the labels fixed), and scores each student on the *real* test split. Every
+setting samples from the same seeds, so the rows differ by the sampler alone. The head and the scratch
+student (the same recipe without pseudo-labels) are the table's two reference rows.
+
+Every stage is an ordinary dtlabel command in a folder of its own (``benchmarks/stages.py``): a
+finished stage is skipped, an unfinished one continues with ``--resume``, so the table (hours on one
+CPU core: about 0.6 s per sample at 20 steps) fills over several sittings. The CPU seconds of each
+stage (its child process, all threads, summed over sittings in ``OUT/cpu.json``) give samples per CPU
+second, the rate that holds on a machine shared with other jobs.
+
+Usage::
+
+    python benchmarks/sampler_table.py --out runs/sampler --n 5000 [--grid ddim:10,20,50 dpm:10,20,50] \\
+        [--student-seeds 0 1] [--preset cpu] [--only-synth] [key=value ...]
+
+(``synth.*`` overrides reach the synthesize stages only, ``student.*`` the students, ``head.*`` the
+head, ``teacher.*`` the head and synthesize; any other key every stage.)
+
+Writes ``OUT/results.md`` (the table, the exact commands, the chosen setting: the fastest within
+``--within`` test mIoU of the best) and ``OUT/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from stages import done, run_stage
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def parse_grid(words: list[str]) -> list[tuple[str, int]]:
+    """``["ddim:10,20", "dpm:10"]`` -> ``[("ddim", 10), ("ddim", 20), ("dpm", 10)]``."""
+    grid = []
+    for word in words:
+        sampler, _, steps = word.partition(":")
+        if sampler not in ("ddim", "ddpm", "dpm") or not steps:
+            raise SystemExit(f"--grid {word}: expected SAMPLER:STEPS[,STEPS...] with SAMPLER ddim, ddpm or dpm")
+        grid += [(sampler, int(s)) for s in steps.split(",")]
+    return grid
+
+
+# which stages an override of a config section reaches (any other override reaches every stage)
+SECTIONS = {"head.": ("train-head",), "synth.": ("synthesize",), "teacher.": ("train-head", "synthesize"),
+            "student.": ("train-student",)}
+
+
+def routed(command: str, overrides: list[str]) -> list[str]:
+    """The overrides that apply to ``command``: a ``synth.*`` key only to synthesize, and so on."""
+    keep = []
+    for ov in overrides:
+        section = next((s for s in SECTIONS if ov.startswith(s)), None)
+        if section is None or command in SECTIONS[section]:
+            keep.append(ov)
+    return keep
+
+
+def demo_recipe(preset: str) -> dict[str, list[str]]:
+    """The demo's per-stage overrides (configs/demo/<preset>.yaml) and its data arguments and labels."""
+    from dtlabel.config import compose
+
+    cfg = compose("demo", [f"preset={preset}"])
+    dc = cfg.demo
+    data = ["data=default", f"data.size=[{int(cfg.data.size[0])},{int(cfg.data.size[1])}]", *map(str, dc.data or [])]
+    return {"data": data, "labels": [str(int(dc.labels))], "head": list(map(str, dc.head or [])),
+            "synth": list(map(str, dc.synth or [])), "students": list(map(str, dc.students or [])),
+            "student": list(map(str, dc.student or []))}
+
+
+class CpuLedger:
+    """CPU seconds (user + system of the child processes) of each stage, summed over sittings."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def run(self, name: str, folder: Path, words: list[str]) -> int:
+        if done(folder):
+            return 0
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rc = run_stage(folder, words)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + spent, 1)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.seconds, indent=1) + "\n")
+        os.replace(tmp, self.path)
+        return rc
+
+
+def test_miou(folder: Path) -> tuple[float, float | None]:
+    """(test mIoU, validation mIoU) of a finished head or student run folder."""
+    run = json.loads((folder / "run.json").read_text())
+    val = run.get("val_miou")
+    return float(run["test_miou"]), (float(val) if isinstance(val, (int, float)) else None)
+
+
+def table(rows: list[dict[str, Any]], refs: dict[str, float], within: float) -> tuple[str, dict[str, Any] | None]:
+    """The markdown table and the chosen row: the most samples per CPU second within ``within`` of the best."""
+    scored = [r for r in rows if r.get("miou")]
+    best = max((r["miou"] for r in scored), default=None)
+    chosen = None
+    if best is not None:
+        near = [r for r in scored if r["miou"] >= best - within and r.get("per_cpu_s")]
+        chosen = max(near, key=lambda r: r["per_cpu_s"]) if near else None
+    lines = ["| sampler | steps | samples per CPU s | CPU s per 1k | samples/s (wall) | student test mIoU (each seed) "
+             "| mean | vs best |", "|---|---:|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        each = ", ".join(f"{m:.2f}" for m in r.get("each", [])) or "-"
+        mean = f"{r['miou']:.2f}" if r.get("miou") else "-"
+        gap = f"{r['miou'] - best:+.2f}" if r.get("miou") and best is not None else "-"
+        mark = " (chosen)" if r is chosen else ""
+        per = f"{r['per_cpu_s']:.2f}" if r.get("per_cpu_s") else "-"
+        per_1k = f"{1000 / r['per_cpu_s']:.0f}" if r.get("per_cpu_s") else "-"
+        wall = f"{r['wall_rate']:.2f}" if r.get("wall_rate") else "-"
+        lines.append(f"| {r['sampler']}{mark} | {r['steps']} | {per} | {per_1k} | {wall} | {each} | {mean} | {gap} |")
+    for name, value in refs.items():
+        lines.append(f"| {name} | - | - | - | - | - | {value:.2f} | {value - best:+.2f} |" if best is not None else
+                     f"| {name} | - | - | - | - | - | {value:.2f} | - |")
+    return "\n".join(lines), chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--teacher", default="models/default")
+    p.add_argument("--n", type=int, default=5000, help="sampled pairs per setting")
+    p.add_argument("--grid", nargs="+", default=["ddim:10,20,50", "dpm:10,20,50"])
+    p.add_argument("--student-seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--preset", default="cpu", help="the demo preset whose head, synth and student recipes run")
+    p.add_argument("--within", type=float, default=0.5, help="test mIoU a faster setting may lose and still be chosen")
+    p.add_argument("--only-synth", action="store_true", help="sample every setting, train no student yet")
+    p.add_argument("overrides", nargs="*", help="key=value for the stages whose config has the key's section")
+    args = p.parse_args(argv)
+
+    grid, recipe = parse_grid(args.grid), demo_recipe(args.preset)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = CpuLedger(out / "cpu.json")
+    data, labels = recipe["data"], recipe["labels"][0]
+    fixed_labels = ["head.label_seed=0"]
+    student_base = ["train-student", "--labels", labels, *data, *recipe["students"], "student.label_seed=0"]
+    stages: list[tuple[str, list[str]]] = [
+        ("head", ["train-head", "--labels", labels, "--teacher", args.teacher, *data, *recipe["head"], *fixed_labels]),
+        ("scratch", [*student_base, "--seed", str(args.student_seeds[0])]),
+    ]
+    for sampler, steps in grid:
+        key = f"{sampler}-{steps}"
+        stages.append((f"synth-{key}", ["synthesize", "--n", str(args.n), "--teacher", args.teacher, "--head",
+                                        str(out / "head"), *data, *recipe["synth"], f"teacher.sampler={sampler}",
+                                        f"synth.sample_steps={steps}"]))
+    if not args.only_synth:
+        for sampler, steps in grid:
+            key = f"{sampler}-{steps}"
+            for seed in args.student_seeds:
+                stages.append((f"student-{key}-seed{seed}", [*student_base, "--seed", str(seed), "--synth",
+                                                             str(out / f"synth-{key}"), *recipe["student"]]))
+    commands = []
+    for name, words in stages:
+        extra = routed(words[0], list(args.overrides))
+        commands.append(f"dtlabel {shlex.join(words + extra)} --out {out / name}")
+        if rc := ledger.run(name, out / name, [*words, *extra, "-q"]):
+            return rc
+
+    rows = []
+    for sampler, steps in grid:
+        key, row = f"{sampler}-{steps}", {"sampler": sampler, "steps": steps}
+        synth = out / f"synth-{key}"
+        if done(synth):
+            run = json.loads((synth / "run.json").read_text())
+            cpu = ledger.seconds.get(f"synth-{key}")
+            row["wall_rate"] = run.get("samples_per_second")
+            row["per_cpu_s"] = round(int(run["count"]) / cpu, 3) if cpu else None
+        each = [test_miou(out / f"student-{key}-seed{s}")[0] for s in args.student_seeds
+                if done(out / f"student-{key}-seed{s}")]
+        if len(each) == len(args.student_seeds):
+            row["each"], row["miou"] = each, round(sum(each) / len(each), 2)
+        rows.append(row)
+    refs = {name: test_miou(out / folder)[0] for name, folder in (("head (reference)", "head"),
+                                                                   ("scratch student (reference)", "scratch"))
+            if done(out / folder)}
+    text, chosen = table(rows, refs, args.within)
+    report = [f"`python benchmarks/sampler_table.py {shlex.join(argv if argv is not None else sys.argv[1:])}`", "",
+              f"{args.n} sampled pairs per setting from {args.teacher}, labelled by the demo's head ({labels} labels); "
+              f"students: the demo's distilled recipe, seeds {args.student_seeds}; test mIoU on the real test split.",
+              "", text, "",
+              (f"chosen: {chosen['sampler']} at {chosen['steps']} steps (the most samples per CPU second within "
+               f"{args.within} test mIoU of the best)") if chosen else "chosen: - (not every row is finished)",
+              "", "commands:", "", "```bash", *commands, "```"]
+    (out / "results.md").write_text("\n".join(report) + "\n")
+    (out / "results.json").write_text(json.dumps({"rows": rows, "references": refs, "chosen": chosen,
+                                                  "cpu_s": ledger.seconds}, indent=1) + "\n")
+    print("\n".join(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

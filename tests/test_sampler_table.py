@@ -1,0 +1,37 @@
+"""benchmarks/sampler_table.py, the sampler-by-label-quality table: its stages and figures on a tiny run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_sampler_table_scores_a_student_per_setting_and_chooses_the_fastest_near_the_best(tmp_path: Path) -> None:
+    from dtlabel.teachers.tiny import build_tiny_ddpm
+
+    teacher = build_tiny_ddpm(tmp_path / "ddpm", sample_size=16)
+    out = tmp_path / "table"
+    args = [sys.executable, "benchmarks/sampler_table.py", "--teacher", str(teacher), "--out", str(out), "--n", "4",
+            "--grid", "ddim:2", "dpm:2", "--preset", "tiny", "--within", "100", "synth.samples_per_shard=2"]
+    res = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    rows = {(r["sampler"], r["steps"]): r for r in result["rows"]}
+    assert set(rows) == {("ddim", 2), ("dpm", 2)}
+    for (sampler, steps), row in rows.items():
+        manifest = json.loads((out / f"synth-{sampler}-{steps}" / "manifest.json").read_text())
+        assert manifest["count"] == 4 and manifest["sampler"] == sampler and manifest["sample_steps"] == steps
+        assert 0 <= row["miou"] <= 100 and row["per_cpu_s"] > 0 and len(row["each"]) == 1
+    assert set(result["references"]) == {"head (reference)", "scratch student (reference)"}
+    # every row is within 100 of the best, so the chosen one is the fastest per CPU second
+    assert result["chosen"]["per_cpu_s"] == max(r["per_cpu_s"] for r in rows.values())
+    assert "(chosen)" in (out / "results.md").read_text() and "teacher.sampler=dpm" in res.stdout
+    cpu = json.loads((out / "cpu.json").read_text())
+    assert set(cpu) == {"head", "scratch", "synth-ddim-2", "synth-dpm-2", "student-ddim-2-seed0", "student-dpm-2-seed0"}
+    again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)  # finished: nothing reruns
+    assert again.returncode == 0 and "+ dtlabel" not in again.stdout
+    assert json.loads((out / "cpu.json").read_text()) == cpu
