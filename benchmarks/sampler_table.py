@@ -16,7 +16,7 @@ second, the rate that holds on a machine shared with other jobs.
 Usage::
 
     python benchmarks/sampler_table.py --out runs/sampler --n 5000 [--grid ddim:10,20,50 dpm:10,20,50] \\
-        [--student-seeds 0 1] [--preset cpu] [--only-synth] [key=value ...]
+        [--student-seeds 0 1] [--preset cpu] [--only-synth | --report-only] [key=value ...]
 
 (``synth.*`` overrides reach the synthesize stages only, ``student.*`` the students, ``head.*`` the
 head, ``teacher.*`` the head and synthesize; any other key every stage.)
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu", help="the demo preset whose head, synth and student recipes run")
     p.add_argument("--within", type=float, default=0.5, help="test mIoU a faster setting may lose and still be chosen")
     p.add_argument("--only-synth", action="store_true", help="sample every setting, train no student yet")
+    p.add_argument("--report-only", action="store_true", help="run nothing: the table of the stages finished so far")
     p.add_argument("overrides", nargs="*", help="key=value for the stages whose config has the key's section")
     args = p.parse_args(argv)
 
@@ -157,22 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         ("head", ["train-head", "--labels", labels, "--teacher", args.teacher, *data, *recipe["head"], *fixed_labels]),
         ("scratch", [*student_base, "--seed", str(args.student_seeds[0])]),
     ]
-    for sampler, steps in grid:
+    # the cheapest settings first, each with its students, so a table cut short by a sitting has whole rows
+    for sampler, steps in sorted(grid, key=lambda g: g[1]):
         key = f"{sampler}-{steps}"
         stages.append((f"synth-{key}", ["synthesize", "--n", str(args.n), "--teacher", args.teacher, "--head",
                                         str(out / "head"), *data, *recipe["synth"], f"teacher.sampler={sampler}",
                                         f"synth.sample_steps={steps}"]))
-    if not args.only_synth:
-        for sampler, steps in grid:
-            key = f"{sampler}-{steps}"
-            for seed in args.student_seeds:
-                stages.append((f"student-{key}-seed{seed}", [*student_base, "--seed", str(seed), "--synth",
-                                                             str(out / f"synth-{key}"), *recipe["student"]]))
+        for seed in [] if args.only_synth else args.student_seeds:
+            stages.append((f"student-{key}-seed{seed}", [*student_base, "--seed", str(seed), "--synth",
+                                                         str(out / f"synth-{key}"), *recipe["student"]]))
     commands = []
     for name, words in stages:
         extra = routed(words[0], list(args.overrides))
         commands.append(f"dtlabel {shlex.join(words + extra)} --out {out / name}")
-        if rc := ledger.run(name, out / name, [*words, *extra, "-q"]):
+        if not args.report_only and (rc := ledger.run(name, out / name, [*words, *extra, "-q"])):
             return rc
 
     rows = []

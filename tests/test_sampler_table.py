@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # eight dtlabel processes: about a minute on 2 free cores, three on busy ones
 def test_the_sampler_table_scores_a_student_per_setting_and_chooses_the_fastest_near_the_best(tmp_path: Path) -> None:
     from dtlabel.teachers.tiny import build_tiny_ddpm
 
@@ -17,6 +20,9 @@ def test_the_sampler_table_scores_a_student_per_setting_and_chooses_the_fastest_
     out = tmp_path / "table"
     args = [sys.executable, "benchmarks/sampler_table.py", "--teacher", str(teacher), "--out", str(out), "--n", "4",
             "--grid", "ddim:2", "dpm:2", "--preset", "tiny", "--within", "100", "synth.samples_per_shard=2"]
+    empty = subprocess.run([*args, "--report-only"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert empty.returncode == 0 and "chosen: - (not every row is finished)" in empty.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]  # nothing ran
     res = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
