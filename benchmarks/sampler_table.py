@@ -68,16 +68,15 @@ def routed(command: str, overrides: list[str]) -> list[str]:
     return keep
 
 
-def demo_recipe(preset: str) -> dict[str, list[str]]:
-    """The demo's per-stage overrides (configs/demo/<preset>.yaml) and its data arguments and labels."""
+def demo_recipe(preset: str) -> tuple[dict[str, list[str]], str]:
+    """The demo's per-stage overrides (configs/demo/<preset>.yaml) with its data arguments, and its labels."""
     from dtlabel.config import compose
 
     cfg = compose("demo", [f"preset={preset}"])
     dc = cfg.demo
     data = ["data=default", f"data.size=[{int(cfg.data.size[0])},{int(cfg.data.size[1])}]", *map(str, dc.data or [])]
-    return {"data": data, "labels": [str(int(dc.labels))], "head": list(map(str, dc.head or [])),
-            "synth": list(map(str, dc.synth or [])), "students": list(map(str, dc.students or [])),
-            "student": list(map(str, dc.student or []))}
+    recipe = {key: list(map(str, dc.get(key) or [])) for key in ("head", "synth", "students", "student")}
+    return {"data": data, **recipe}, str(int(dc.labels))
 
 
 class CpuLedger:
@@ -101,11 +100,9 @@ class CpuLedger:
         return rc
 
 
-def test_miou(folder: Path) -> tuple[float, float | None]:
-    """(test mIoU, validation mIoU) of a finished head or student run folder."""
-    run = json.loads((folder / "run.json").read_text())
-    val = run.get("val_miou")
-    return float(run["test_miou"]), (float(val) if isinstance(val, (int, float)) else None)
+def test_miou(folder: Path) -> float:
+    """The test mIoU of a finished head or student run folder (its ``run.json``)."""
+    return float(json.loads((folder / "run.json").read_text())["test_miou"])
 
 
 def table(rows: list[dict[str, Any]], refs: dict[str, float], within: float) -> tuple[str, dict[str, Any] | None]:
@@ -147,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value for the stages whose config has the key's section")
     args = p.parse_args(argv)
 
-    grid, recipe = parse_grid(args.grid), demo_recipe(args.preset)
+    grid, (recipe, labels) = parse_grid(args.grid), demo_recipe(args.preset)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     ledger = CpuLedger(out / "cpu.json")
-    data, labels = recipe["data"], recipe["labels"][0]
+    data = recipe["data"]
     fixed_labels = ["head.label_seed=0"]
     student_base = ["train-student", "--labels", labels, *data, *recipe["students"], "student.label_seed=0"]
     stages: list[tuple[str, list[str]]] = [
@@ -183,12 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             cpu = ledger.seconds.get(f"synth-{key}")
             row["wall_rate"] = run.get("samples_per_second")
             row["per_cpu_s"] = round(int(run["count"]) / cpu, 3) if cpu else None
-        each = [test_miou(out / f"student-{key}-seed{s}")[0] for s in args.student_seeds
+        each = [test_miou(out / f"student-{key}-seed{s}") for s in args.student_seeds
                 if done(out / f"student-{key}-seed{s}")]
         if len(each) == len(args.student_seeds):
             row["each"], row["miou"] = each, round(sum(each) / len(each), 2)
         rows.append(row)
-    refs = {name: test_miou(out / folder)[0] for name, folder in (("head (reference)", "head"),
+    refs = {name: test_miou(out / folder) for name, folder in (("head (reference)", "head"),
                                                                    ("scratch student (reference)", "scratch"))
             if done(out / folder)}
     text, chosen = table(rows, refs, args.within)
