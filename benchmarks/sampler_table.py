@@ -106,11 +106,13 @@ def test_miou(folder: Path) -> float:
 
 
 def table(rows: list[dict[str, Any]], refs: dict[str, float], within: float) -> tuple[str, dict[str, Any] | None]:
-    """The markdown table and the chosen row: the most samples per CPU second within ``within`` of the best."""
+    """The markdown table and the chosen row: the most samples per CPU second within ``within`` of the best.
+
+    No row is chosen until every row has its students (a partial table shows its figures, not a choice)."""
     scored = [r for r in rows if r.get("miou")]
     best = max((r["miou"] for r in scored), default=None)
     chosen = None
-    if best is not None:
+    if best is not None and len(scored) == len(rows):   # a choice among the rows finished so far would mislead
         near = [r for r in scored if r["miou"] >= best - within and r.get("per_cpu_s")]
         chosen = max(near, key=lambda r: r["per_cpu_s"]) if near else None
     lines = ["| sampler | steps | samples per CPU s | CPU s per 1k | samples/s (wall) | student test mIoU (each seed) "
