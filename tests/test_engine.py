@@ -231,3 +231,20 @@ def test_a_resumed_run_keeps_its_schedule(toy, tmp_path: Path) -> None:  # noqa:
     with pytest.raises(RunError, match=r"trained with \S*schedule=budget"):
         train(toy.Toy(), _cfg(steps=1000, max_minutes=5, schedule="steps"), tmp_path / "budget",
               torch.device("cpu"), progress=False)
+
+
+def test_a_budget_run_resumed_after_its_budget_does_no_more_steps(toy, tmp_path: Path) -> None:  # noqa: ANN001
+    """Under schedule=budget the budget is the run's, over every sitting: a resume with the same budget
+    trains no step at the zero lr of its ended cosine; a larger budget trains on."""
+    cfg = _cfg(steps=1000, max_minutes=0.3 / 60, schedule="budget", min_lr_ratio=0.0)
+    first = train(toy.Toy(sleep=0.05), cfg, tmp_path, torch.device("cpu"), progress=False)
+    assert first.stopped and 0 < first.steps < 100
+    lines = (tmp_path / "metrics.jsonl").read_text()
+    task = toy.Toy(sleep=0.05)
+    again = train(task, cfg, tmp_path, torch.device("cpu"), progress=False)
+    assert again.stopped and again.steps == first.steps
+    assert (tmp_path / "metrics.jsonl").read_text() == lines
+    assert CheckpointStore(tmp_path / "checkpoints").steps()[-1] == first.steps
+    more = train(toy.Toy(sleep=0.05), _cfg(steps=1000, max_minutes=0.6 / 60, schedule="budget", min_lr_ratio=0.0),
+                 tmp_path, torch.device("cpu"), progress=False)
+    assert more.stopped and more.steps > first.steps

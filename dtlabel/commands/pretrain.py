@@ -87,7 +87,10 @@ def _run(run: Run, cfg: DictConfig, pc: DictConfig, device: torch.device, args: 
              ", mix distillation" if head is not None else "")
     result = train(task, task.loop_config(str(cfg.amp), pc.get("max_minutes")), run.path, device,
                    progress=not getattr(args, "quiet", False))
-    if result.stopped:  # like fit-teacher: the backbone reached so far is exported, --resume continues
+    if result.stopped and result.schedule == "budget":  # the planned end: the cosine ends with the budget
+        log.info("pretrain: ended by its time budget (pretrain.max_minutes, the lr schedule's end) at step %d",
+                 result.steps)
+    elif result.stopped:  # like fit-teacher: the backbone reached so far is exported, --resume continues
         log.warning("pretrain: stopped by pretrain.max_minutes at step %d of %d; the backbone so far exported",
                     result.steps, result.total)
     desc = {"timm_name": str(pc.backbone), "out_strides": list(STRIDES),

@@ -150,6 +150,9 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
     elapsed_before = float(counters.get("elapsed_s", elapsed_before))
     loss_ema = float(counters.get("loss_ema", loss_ema))
     max_seconds = float(cfg.max_minutes) * 60 if cfg.max_minutes is not None else math.inf
+    # under schedule=budget the budget is the whole run's, over every sitting (its cosine ends with it), so a
+    # resumed run stops where its lr reaches zero; under steps max_minutes is this sitting's slice of time
+    spent_before = elapsed_before if cfg.schedule == "budget" else 0.0
     prefix = f"{task.config_prefix}." if task.config_prefix else ""
 
     last_saved = start  # every rank takes the same decision: no filesystem check before a barrier
@@ -172,7 +175,11 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
 
     bar = tqdm(total=total, initial=start, desc=task.name, disable=not (progress and dist.is_main()),
                dynamic_ncols=True, smoothing=0.05)
-    t_start, seen, step, stopped = time.time(), 0, start, False
+    t_start, seen, step = time.time(), 0, start
+    stopped = cfg.schedule == "budget" and spent_before >= max_seconds and start < total  # spent: no step more
+    if stopped:
+        log.warning("%s: its time budget of %s minutes was spent by step %d of %d; raise %smax_minutes to "
+                    "train on", task.name, cfg.max_minutes, start, total, prefix)
     done = start
     consistent = True  # weights, optimiser, counters and evaluations all describe step `done`
     net.train()
@@ -180,7 +187,7 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
     with interrupts.deferred():
         try:
             batches = task.batches(start)
-            for step in range(start, total):
+            for step in range(start, start if stopped else total):
                 batch = next(batches)
                 consistent = False
                 torch.manual_seed(seeds.torch_step(cfg.seed, step, rank))
@@ -206,7 +213,7 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
                 elapsed = time.time() - t_start
                 bar.update(1)
                 if max_seconds < math.inf and done > start:  # a budget ends the run: the bar's total is where it will
-                    left = max_seconds - elapsed  # (the steps the time left allows at this pace), so its ETA is true
+                    left = max_seconds - spent_before - elapsed  # (the steps the time left allows at this pace): a true ETA
                     bar.total = min(total, done + int(left / (elapsed / (done - start))))
                 postfix = {"loss": f"{loss_ema:.4f}"}
                 if task.images_per_step:
@@ -232,9 +239,10 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
                     save(done)
                     raise interrupts.Interrupted(signum or signal.SIGTERM, f"at step {done} of {total} of {task.name} "
                                                  "(checkpointed)")
-                if dist.any_true(time.time() - t_start > max_seconds) and done < total:  # one decision for all ranks
-                    log.warning("%s: time budget of %s minutes reached at step %d of %d; checkpointed, continue with "
-                                "--resume", task.name, cfg.max_minutes, done, total)
+                if dist.any_true(spent_before + time.time() - t_start > max_seconds) and done < total:  # one decision
+                    log.warning("%s: time budget of %s minutes reached at step %d of %d; checkpointed, %s", task.name,
+                                cfg.max_minutes, done, total, f"the lr schedule's end (raise {prefix}max_minutes and "
+                                "--resume to train on)" if cfg.schedule == "budget" else "continue with --resume")
                     save(done)
                     stopped = True
                     break
