@@ -240,8 +240,7 @@ def test_a_budget_run_resumed_after_its_budget_does_no_more_steps(toy, tmp_path:
     first = train(toy.Toy(sleep=0.05), cfg, tmp_path, torch.device("cpu"), progress=False)
     assert first.stopped and 0 < first.steps < 100
     lines = (tmp_path / "metrics.jsonl").read_text()
-    task = toy.Toy(sleep=0.05)
-    again = train(task, cfg, tmp_path, torch.device("cpu"), progress=False)
+    again = train(toy.Toy(sleep=0.05), cfg, tmp_path, torch.device("cpu"), progress=False)
     assert again.stopped and again.steps == first.steps
     assert (tmp_path / "metrics.jsonl").read_text() == lines
     assert CheckpointStore(tmp_path / "checkpoints").steps()[-1] == first.steps

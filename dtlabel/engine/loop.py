@@ -176,7 +176,8 @@ def train(task: Task, cfg: LoopConfig, run_dir: str | Path, device: torch.device
     bar = tqdm(total=total, initial=start, desc=task.name, disable=not (progress and dist.is_main()),
                dynamic_ncols=True, smoothing=0.05)
     t_start, seen, step = time.time(), 0, start
-    stopped = cfg.schedule == "budget" and spent_before >= max_seconds and start < total  # spent: no step more
+    # resumed with its whole budget spent: no step more (one decision for all ranks, like the stop below)
+    stopped = dist.any_true(cfg.schedule == "budget" and spent_before >= max_seconds) and start < total
     if stopped:
         log.warning("%s: its time budget of %s minutes was spent by step %d of %d; raise %smax_minutes to "
                     "train on", task.name, cfg.max_minutes, start, total, prefix)
