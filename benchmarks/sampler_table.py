@@ -11,7 +11,10 @@ Every stage is an ordinary dtlabel command in a folder of its own (``benchmarks/
 finished stage is skipped, an unfinished one continues with ``--resume``, so the table (hours on one
 CPU core: about 0.6 s per sample at 20 steps) fills over several sittings. The CPU seconds of each
 stage (its child process, all threads, summed over sittings in ``OUT/cpu.json``) give samples per CPU
-second, the rate that holds on a machine shared with other jobs.
+second, the rate that holds on a machine shared with other jobs; a synthesize stage's rate counts the
+samples of the sittings the ledger timed (``OUT/samples.json``), so a sitting lost to a kill biases
+nothing. Two instances may share ``--out`` on disjoint ``--grid`` settings (one core each): the ledger
+merges under a lock, and a stage both reach is refused to the second by dtlabel's run-folder lock.
 
 Usage::
 
@@ -28,6 +31,7 @@ Writes ``OUT/results.md`` (the table, the exact commands, the chosen setting: th
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import resource
@@ -80,24 +84,54 @@ def demo_recipe(preset: str) -> tuple[dict[str, list[str]], str]:
 
 
 class CpuLedger:
-    """CPU seconds (user + system of the child processes) of each stage, summed over sittings."""
+    """CPU seconds (user + system of the child processes) of each stage, summed over the sittings it timed,
+    and for a synthesize stage the samples those sittings wrote (``samples.json``)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+    def __init__(self, out: Path) -> None:
+        self.path, self.samples_path = out / "cpu.json", out / "samples.json"
+        self.seconds: dict[str, float] = self._read(self.path)
+        self.samples: dict[str, int] = self._read(self.samples_path)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any]:
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     def run(self, name: str, folder: Path, words: list[str]) -> int:
         if done(folder):
             return 0
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before, written = resource.getrusage(resource.RUSAGE_CHILDREN), samples_written(folder)
         rc = run_stage(folder, words)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + spent, 1)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.seconds, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        self._add(name, spent, samples_written(folder) - written if words[0] == "synthesize" else None)
         return rc
+
+    def _add(self, name: str, seconds: float, samples: int | None) -> None:
+        """Add one sitting to the files as they are now (another instance may have written them since)."""
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            self.seconds, self.samples = self._read(self.path), self._read(self.samples_path)
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 1)
+            updates = [(self.path, self.seconds)]
+            if samples is not None:
+                self.samples[name] = self.samples.get(name, 0) + samples
+                updates.append((self.samples_path, self.samples))
+            for path, values in updates:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(values, indent=1) + "\n")
+                os.replace(tmp, path)
+
+    def per_cpu_s(self, name: str, count: int) -> float | None:
+        """Samples per CPU second of a finished synthesize stage; ``count`` where every sitting was timed
+        (stages finished before the sample count was kept)."""
+        cpu = self.seconds.get(name)
+        return round(self.samples.get(name, count) / cpu, 3) if cpu else None
+
+
+def samples_written(folder: Path) -> int:
+    """Samples in the committed shards of a synthesize run folder (0 before it starts)."""
+    return sum(int(json.loads(p.read_text())["count"]) for p in (folder / "shards").glob("shard-*.json")
+               if p.with_suffix(".tar").is_file())  # the sidecar is written first, the tar renamed last
 
 
 def test_miou(folder: Path) -> float:
@@ -149,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     grid, (recipe, labels) = parse_grid(args.grid), demo_recipe(args.preset)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    ledger = CpuLedger(out / "cpu.json")
+    ledger = CpuLedger(out)
     data = recipe["data"]
     fixed_labels = ["head.label_seed=0"]
     student_base = ["train-student", "--labels", labels, *data, *recipe["students"], "student.label_seed=0"]
@@ -179,9 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         synth = out / f"synth-{key}"
         if done(synth):
             run = json.loads((synth / "run.json").read_text())
-            cpu = ledger.seconds.get(f"synth-{key}")
             row["wall_rate"] = run.get("samples_per_second")
-            row["per_cpu_s"] = round(int(run["count"]) / cpu, 3) if cpu else None
+            row["per_cpu_s"] = ledger.per_cpu_s(f"synth-{key}", int(run["count"]))
         each = [test_miou(out / f"student-{key}-seed{s}") for s in args.student_seeds
                 if done(out / f"student-{key}-seed{s}")]
         if len(each) == len(args.student_seeds):

@@ -2,12 +2,15 @@
 
 A stage whose folder holds ``run.json`` is finished and skipped; an unfinished one (the folder
 exists) continues with ``--resume``; the command is printed before it runs, so a table in
-docs/RESULTS.md can be traced to the exact commands behind it.
+docs/RESULTS.md can be traced to the exact commands behind it. A SIGTERM or SIGINT to the script is
+passed on to the stage, which ends its step or batch in progress and exits; the script waits for it,
+so what the stage spent is still accounted for (``benchmarks/sampler_table.py``'s CPU ledger).
 """
 
 from __future__ import annotations
 
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +28,14 @@ def run_stage(folder: Path, words: list[str]) -> int:
     if folder.exists():
         cmd.append("--resume")
     print("+ dtlabel", shlex.join(cmd[3:]), flush=True)
-    rc = subprocess.call(cmd)
+    child = subprocess.Popen(cmd)
+    forward = {sig: signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+               for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        rc = child.wait()
+    finally:
+        for sig, previous in forward.items():
+            signal.signal(sig, previous)
     if rc != 0:
         print(f"{folder.name} failed (exit {rc}); see {folder}", file=sys.stderr)
     return rc

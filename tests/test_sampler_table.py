@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,27 @@ def test_the_sampler_table_scores_a_student_per_setting_and_chooses_the_fastest_
     again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)  # finished: nothing reruns
     assert again.returncode == 0 and "+ dtlabel" not in again.stdout
     assert json.loads((out / "cpu.json").read_text()) == cpu
+    assert json.loads((out / "samples.json").read_text()) == {"synth-ddim-2": 4, "synth-dpm-2": 4}
+
+
+@pytest.mark.slow  # a tiny head and a synthesize stage stopped by SIGTERM: about a minute on busy cores
+def test_a_sitting_stopped_by_sigterm_is_still_in_the_cpu_ledger_with_the_samples_it_wrote(tmp_path: Path) -> None:
+    from dtlabel.teachers.tiny import build_tiny_ddpm
+
+    teacher = build_tiny_ddpm(tmp_path / "ddpm", sample_size=16)
+    out = tmp_path / "table"
+    args = [sys.executable, "benchmarks/sampler_table.py", "--teacher", str(teacher), "--out", str(out), "--n", "400",
+            "--grid", "ddim:20", "--preset", "tiny", "synth.samples_per_shard=4", "synth.batch_size=4"]
+    script = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    synth = out / "synth-ddim-20"
+    deadline = time.time() + 300
+    while not list((synth / "shards").glob("shard-*.tar")) and time.time() < deadline:  # a shard committed
+        time.sleep(0.2)
+    script.send_signal(signal.SIGTERM)  # to the script alone: it passes the signal on to the stage and waits
+    _, err = script.communicate(timeout=120)
+    assert script.returncode != 0 and "synth-ddim-20 failed" in err
+    assert not (synth / "run.json").exists()
+    written = sum(json.loads(p.read_text())["count"] for p in (synth / "shards").glob("shard-*.json"))
+    assert 4 <= written < 400 and written % 4 == 0
+    assert json.loads((out / "samples.json").read_text()) == {"synth-ddim-20": written}
+    assert json.loads((out / "cpu.json").read_text())["synth-ddim-20"] > 0
