@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_scale_benchmark_records_rate_disk_and_peak_memory_at_each_mark(tmp_path: Path) -> None:
+def _teacher_and_head(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny DDPM teacher and an untrained head on it (a finished train-head folder)."""
     import torch
 
     from dtlabel.heads import create_head
@@ -24,8 +29,13 @@ def test_the_scale_benchmark_records_rate_disk_and_peak_memory_at_each_mark(tmp_
     head.save(tmp_path / "head" / "head", teacher_hash=teacher.teacher_hash(), class_names=["bg", "a", "b"],
               teacher=teacher.describe())
     (tmp_path / "head" / "run.json").write_text(json.dumps({"command": "train-head"}))
+    return teacher_dir, tmp_path / "head"
+
+
+def test_the_scale_benchmark_records_rate_disk_and_peak_memory_at_each_mark(tmp_path: Path) -> None:
+    teacher_dir, head = _teacher_and_head(tmp_path)
     out = tmp_path / "synth"
-    args = [sys.executable, "benchmarks/synth_scale.py", "--teacher", str(teacher_dir), "--head", str(tmp_path / "head"),
+    args = [sys.executable, "benchmarks/synth_scale.py", "--teacher", str(teacher_dir), "--head", str(head),
             "--n", "12", "--out", str(out), "--marks", "4", "12", "--every", "0.2", "--preset", "tiny",
             "synth.samples_per_shard=4"]
     res = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -38,4 +48,49 @@ def test_the_scale_benchmark_records_rate_disk_and_peak_memory_at_each_mark(tmp_
     assert "| 12 |" in res.stdout and "synth_scale.py" in res.stdout
     again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)  # a finished run: resumed, nothing new
     assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads((out / "scale.json").read_text())["resumed"] is True
+    resumed = json.loads((out / "scale.json").read_text())
+    assert resumed["resumed"] is True and len(resumed["sittings"]) == 2 and resumed["samples_timed"] == 12
+    assert resumed["marks"] == scale["marks"]  # the first sitting passed them
+    assert resumed["cpu_s"] > scale["cpu_s"] and resumed["wall_s"] > scale["wall_s"]
+
+
+@pytest.mark.slow  # two tiny synthesize runs, one under torchrun: about a minute on busy cores
+def test_the_scale_benchmark_runs_ranks_under_torchrun_and_sums_their_memory(tmp_path: Path) -> None:
+    teacher_dir, head = _teacher_and_head(tmp_path)
+    peaks = {}
+    for nproc in (1, 2):  # options of synthesize in any order among the benchmark's own
+        out = tmp_path / f"synth-{nproc}"
+        args = [sys.executable, "benchmarks/synth_scale.py", "--teacher", str(teacher_dir), "--preset", "tiny",
+                "--head", str(head), "--n", "12", "--device", "cpu", "--out", str(out), "--nproc", str(nproc),
+                "--marks", "12", "--every", "0.2", "synth.samples_per_shard=4"]
+        res = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        scale = json.loads((out / "scale.json").read_text())
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert scale["samples"] == manifest["count"] == 12 and manifest["world_size"] == nproc
+        peaks[nproc] = scale["peak_rss_mib"]
+    assert peaks[2] > 1.5 * peaks[1]  # the launcher and both ranks are watched, not the launcher alone
+
+
+@pytest.mark.slow  # a tiny synthesize stopped and resumed: about a minute on busy cores
+def test_a_sitting_stopped_by_sigterm_is_recorded_and_the_next_one_adds_to_it(tmp_path: Path) -> None:
+    teacher_dir, head = _teacher_and_head(tmp_path)
+    out = tmp_path / "synth"
+    args = [sys.executable, "benchmarks/synth_scale.py", "--teacher", str(teacher_dir), "--head", str(head), "--n", "400",
+            "--out", str(out), "--marks", "4", "400", "--every", "0.2", "--preset", "tiny", "synth.samples_per_shard=4",
+            "synth.batch_size=4", "teacher.sample_steps=20"]
+    script = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((out / "shards").glob("shard-*.tar")) and time.time() < deadline:
+        time.sleep(0.2)
+    script.send_signal(signal.SIGTERM)  # to the script alone: it passes the signal on and records the sitting
+    assert script.wait(timeout=120) != 0
+    first = json.loads((out / "scale.json").read_text())
+    assert 4 <= first["samples"] < 400 and first["samples_timed"] == first["samples"] and first["cpu_s"] > 0
+    assert first["marks"]["4"] is not None and first["marks"]["400"] is None
+    res = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    both = json.loads((out / "scale.json").read_text())
+    assert both["resumed"] and len(both["sittings"]) == 2 and both["samples"] == both["samples_timed"] == 400
+    assert both["marks"]["4"] == first["marks"]["4"] and both["marks"]["400"]["samples"] == 400
+    assert both["cpu_s"] > first["cpu_s"] and "(2 sitting(s))" in res.stdout
