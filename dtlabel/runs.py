@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,7 @@ class Run:
             "command": self.command,
             "dtlabel_version": __version__,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "peak_rss_mib": peak_rss_mib(),
             **descriptor,
         }
         return write_json(self.path / DESCRIPTOR, data)
@@ -151,6 +153,17 @@ def _lock(path: Path) -> Any:
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory in MiB (its DataLoader workers not included; rank 0's on DDP),
+    or None where the OS does not say (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 def finished_command(path: Path) -> str | None:

@@ -3,6 +3,7 @@ modes the umask gives ordinary files and folders (another user or a serving proc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -42,6 +43,16 @@ def test_artifacts_get_ordinary_modes(runs: tuple[Path, Path]) -> None:
                 assert modes[name] == want, f"{root.name}/{name}: {oct(modes[name])}"
         private = {k: oct(v) for k, v in modes.items() if v in (0o600, 0o700)}
         assert not private, private
+
+
+def test_run_json_says_what_the_run_cost(runs: tuple[Path, Path]) -> None:
+    import resource
+
+    ceiling = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # in this process: the tests' peak so far
+    for root in runs:
+        desc = json.loads((root / "run.json").read_text())
+        assert desc["seconds"] > 0 and desc["disk_mb"] > 0
+        assert 50 < desc["peak_rss_mib"] <= ceiling + 1  # torch alone is more than 50 MiB
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
@@ -129,8 +140,6 @@ def test_two_commands_on_one_folder_the_second_is_refused_and_a_killed_one_does_
 def test_a_finished_student_keeps_no_checkpoint_and_says_its_size(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     """A finished train-student run drops its checkpoint (its run.json means training ended), says how
     much disk it keeps, and --resume of it has nothing to do (the folder is left as it was)."""
-    import json
-
     out = tmp_path / "st"
     args = ["train-student", "--preset", "tiny", "-q", "--labels", "8", "student.epochs=1"]
     assert main([*args, "--out", str(out)]) == 0
