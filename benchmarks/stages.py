@@ -13,7 +13,22 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def signals_passed_to(child: subprocess.Popen) -> Iterator[None]:
+    """While inside, a SIGTERM or SIGINT to this script goes to ``child`` instead (a dtlabel command ends
+    its step or batch in progress and exits), so the script lives on to account for what it spent."""
+    previous = {sig: signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def done(folder: Path) -> bool:
@@ -29,13 +44,8 @@ def run_stage(folder: Path, words: list[str]) -> int:
         cmd.append("--resume")
     print("+ dtlabel", shlex.join(cmd[3:]), flush=True)
     child = subprocess.Popen(cmd)
-    forward = {sig: signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
-               for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with signals_passed_to(child):
         rc = child.wait()
-    finally:
-        for sig, previous in forward.items():
-            signal.signal(sig, previous)
     if rc != 0:
         print(f"{folder.name} failed (exit {rc}); see {folder}", file=sys.stderr)
     return rc

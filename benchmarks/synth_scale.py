@@ -29,12 +29,13 @@ import json
 import os
 import resource
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from stages import signals_passed_to
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -87,11 +88,9 @@ def watch(cmd: list[str], out: Path, marks: list[int], every: float) -> dict[str
     passed on to the run, which ends its batch in progress and exits; the sitting is recorded still."""
     before, t0 = finished_samples(out), time.time()
     proc = subprocess.Popen(cmd)
-    forward = {sig: signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
-               for sig in (signal.SIGTERM, signal.SIGINT)}
     looks: list[dict[str, Any]] = []
     passed: dict[str, dict[str, Any]] = {}
-    try:
+    with signals_passed_to(proc):
         while True:
             rc = proc.poll()
             mem = tree_memory_mib(proc.pid) if rc is None else None
@@ -103,9 +102,6 @@ def watch(cmd: list[str], out: Path, marks: list[int], every: float) -> dict[str
             if rc is not None:
                 break
             time.sleep(every)
-    finally:
-        for sig, previous in forward.items():
-            signal.signal(sig, previous)
     wall, done = time.time() - t0, finished_samples(out)
     # marks passed after the last look: the peak of the whole sitting (getrusage: the largest one process)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
