@@ -524,3 +524,25 @@ def test_loading_a_scheduler_does_not_warn_about_weights(model_dirs: dict[str, P
         sched = load_component(DDIMScheduler, model_dirs["ddpm"], "scheduler")
     assert sched.config.num_train_timesteps > 0
     assert not [r for r in caplog.records if "safetensors" in r.getMessage()]
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_every_sampler_clips_x0_as_the_teachers_schedule_says(sampler: str) -> None:
+    """A pixel-space DDPM's schedule clips x0 predictions to [-1, 1] (``clip_sample``); DPM-Solver++ has no
+    such option and must clamp the same way (its thresholding), or it draws other images than DDIM from
+    the same noise. A zero noise prediction makes x0 = x / sqrt(alpha_bar): far outside [-1, 1] early on."""
+    from diffusers import DDPMScheduler
+
+    from dtlabel.teachers.sampling import denoise, make_sampler
+
+    samplers = {"ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+    out = {}
+    for clip in (True, False):  # False: a latent-space model's schedule, never clipped
+        config = dict(DDPMScheduler(clip_sample=clip).config)
+        scheduler = make_sampler(samplers, sampler, config)
+        out[clip], _ = denoise(predict, scheduler, [0, 1], (3, 8, 8), 10, torch.device("cpu"))
+    assert out[True].abs().max() <= 1 + 1e-5
+    assert out[False].abs().max() > 2
