@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stages import done, run_stage
+from stages import done, run_stage, samples_in_shards
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -99,11 +99,11 @@ class CpuLedger:
     def run(self, name: str, folder: Path, words: list[str]) -> int:
         if done(folder):
             return 0
-        before, written = resource.getrusage(resource.RUSAGE_CHILDREN), samples_written(folder)
+        before, written = resource.getrusage(resource.RUSAGE_CHILDREN), samples_in_shards(folder)
         rc = run_stage(folder, words)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-        self._add(name, spent, samples_written(folder) - written if words[0] == "synthesize" else None)
+        self._add(name, spent, samples_in_shards(folder) - written if words[0] == "synthesize" else None)
         return rc
 
     def _add(self, name: str, seconds: float, samples: int | None) -> None:
@@ -126,12 +126,6 @@ class CpuLedger:
         (stages finished before the sample count was kept)."""
         cpu = self.seconds.get(name)
         return round(self.samples.get(name, count) / cpu, 3) if cpu else None
-
-
-def samples_written(folder: Path) -> int:
-    """Samples in the committed shards of a synthesize run folder (0 before it starts)."""
-    return sum(int(json.loads(p.read_text())["count"]) for p in (folder / "shards").glob("shard-*.json")
-               if p.with_suffix(".tar").is_file())  # the sidecar is written first, the tar renamed last
 
 
 def test_miou(folder: Path) -> float:

@@ -9,6 +9,7 @@ so what the stage spent is still accounted for (``benchmarks/sampler_table.py``'
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import subprocess
@@ -29,6 +30,18 @@ def signals_passed_to(child: subprocess.Popen) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def samples_in_shards(run: Path) -> int:
+    """Samples in the committed shards of a synthesize run folder (0 before it starts): a shard counts once
+    its tar is renamed into place, after its sidecar (a sidecar being written is counted at the next look)."""
+    total = 0
+    for side in (run / "shards").glob("shard-*.json"):
+        try:
+            total += int(json.loads(side.read_text())["count"]) if side.with_suffix(".tar").is_file() else 0
+        except (OSError, ValueError, KeyError):
+            continue
+    return total
 
 
 def done(folder: Path) -> bool:

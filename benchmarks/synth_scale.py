@@ -1,7 +1,7 @@
 """``synthesize --n 100000`` on this machine: wall time, samples/s, disk and peak RSS as it grows.
 
 Runs the real command (``python -m dtlabel.cli synthesize --n N ...``) as a child process and
-samples it every ``--every`` seconds: the samples in finished shards (their sidecars), its resident
+samples it every ``--every`` seconds: the samples in committed shards, its resident
 memory now and its peak so far (``VmRSS`` / ``VmHWM`` of ``/proc/PID/status``, Linux). For each mark
 (1k, 10k, 100k by default) it records the peak RSS when the run passed it, so "memory is flat from
 1k to 100k samples" is a row of figures, not a claim. A run folder that holds a plan already is
@@ -35,21 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages import signals_passed_to
+from stages import samples_in_shards, signals_passed_to
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-
-def finished_samples(run: Path) -> int:
-    """Samples in the shards whose sidecar is written (a shard counts once it is sealed)."""
-    total = 0
-    for side in (run / "shards").glob("shard-*.json") if (run / "shards").is_dir() else []:
-        try:
-            total += int(json.loads(side.read_text())["count"])
-        except (OSError, ValueError, KeyError):
-            continue  # being written: counted at the next look
-    return total
 
 
 def tree_memory_mib(pid: int) -> tuple[float, float] | None:
@@ -86,7 +75,7 @@ def disk_bytes(run: Path) -> int:
 def watch(cmd: list[str], out: Path, marks: list[int], every: float) -> dict[str, Any]:
     """Run ``cmd`` and look at it every ``every`` seconds: one sitting's record. A SIGTERM or SIGINT is
     passed on to the run, which ends its batch in progress and exits; the sitting is recorded still."""
-    before, t0 = finished_samples(out), time.time()
+    before, t0 = samples_in_shards(out), time.time()
     proc = subprocess.Popen(cmd)
     looks: list[dict[str, Any]] = []
     passed: dict[str, dict[str, Any]] = {}
@@ -94,7 +83,7 @@ def watch(cmd: list[str], out: Path, marks: list[int], every: float) -> dict[str
         while True:
             rc = proc.poll()
             mem = tree_memory_mib(proc.pid) if rc is None else None
-            done = finished_samples(out)
+            done = samples_in_shards(out)
             if mem is not None:
                 looks.append({"s": round(time.time() - t0, 1), "samples": done, "rss_mib": round(mem[0], 1),
                               "peak_mib": round(mem[1], 1)})
@@ -102,7 +91,7 @@ def watch(cmd: list[str], out: Path, marks: list[int], every: float) -> dict[str
             if rc is not None:
                 break
             time.sleep(every)
-    wall, done = time.time() - t0, finished_samples(out)
+    wall, done = time.time() - t0, samples_in_shards(out)
     # marks passed after the last look: the peak of the whole sitting (getrusage: the largest one process)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak = max([usage.ru_maxrss / 1024] + [look["peak_mib"] for look in looks])

@@ -529,13 +529,14 @@ def test_loading_a_scheduler_does_not_warn_about_weights(model_dirs: dict[str, P
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])
 def test_every_sampler_clips_x0_as_the_teachers_schedule_says(sampler: str) -> None:
     """A pixel-space DDPM's schedule clips x0 predictions to [-1, 1] (``clip_sample``); DPM-Solver++ has no
-    such option and must clamp the same way (its thresholding), or it draws other images than DDIM from
-    the same noise. A zero noise prediction makes x0 = x / sqrt(alpha_bar): far outside [-1, 1] early on."""
+    such option and must clamp the same way (its thresholding), or its samples drift from the data.
+    A zero noise prediction makes x0 = x / sqrt(alpha_bar): far outside [-1, 1] early on."""
     from diffusers import DDPMScheduler
 
     from dtlabel.teachers.sampling import denoise, make_sampler
 
     samplers = {"ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
+
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x)
 
