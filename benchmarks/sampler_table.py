@@ -19,7 +19,7 @@ merges under a lock, and a stage both reach is refused to the second by dtlabel'
 Usage::
 
     python benchmarks/sampler_table.py --out runs/sampler --n 5000 [--grid ddim:10,20,50 dpm:10,20,50] \\
-        [--student-seeds 0 1] [--preset cpu] [--only-synth | --report-only] [key=value ...]
+        [--student-seeds 0 1] [--preset cpu] [--synth-nproc 2] [--only-synth | --report-only] [key=value ...]
 
 (``synth.*`` overrides reach the synthesize stages only, ``student.*`` the students, ``head.*`` the
 head, ``teacher.*`` the head and synthesize; any other key every stage.)
@@ -96,11 +96,12 @@ class CpuLedger:
     def _read(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def run(self, name: str, folder: Path, words: list[str]) -> int:
+    def run(self, name: str, folder: Path, words: list[str], nproc: int = 1) -> int:
+        """Run one stage (``nproc`` ranks under torchrun, whose waited-for ranks count as its children)."""
         if done(folder):
             return 0
         before, written = resource.getrusage(resource.RUSAGE_CHILDREN), samples_in_shards(folder)
-        rc = run_stage(folder, words)
+        rc = run_stage(folder, words, nproc)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         self._add(name, spent, samples_in_shards(folder) - written if words[0] == "synthesize" else None)
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--student-seeds", type=int, nargs="+", default=[0])
     p.add_argument("--preset", default="cpu", help="the demo preset whose head, synth and student recipes run")
     p.add_argument("--within", type=float, default=0.5, help="test mIoU a faster setting may lose and still be chosen")
+    p.add_argument("--synth-nproc", type=int, default=1,
+                   help="ranks of each synthesize stage (torchrun, one core each; samples per CPU s is unchanged)")
     p.add_argument("--only-synth", action="store_true", help="sample every setting, train no student yet")
     p.add_argument("--report-only", action="store_true", help="run nothing: the table of the stages finished so far")
     p.add_argument("overrides", nargs="*", help="key=value for the stages whose config has the key's section")
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     # the cheapest settings first, each with its students, so a table cut short by a sitting has whole rows
     for sampler, steps in sorted(grid, key=lambda g: g[1]):
         key = f"{sampler}-{steps}"
-        stages.append((f"synth-{key}", ["synthesize", "--n", str(args.n), "--teacher", args.teacher, "--head",
+        stages.append((f"synth-{key}", ["synthesize", "--num-samples", str(args.n), "--teacher", args.teacher, "--head",
                                         str(out / "head"), *data, *recipe["synth"], f"teacher.sampler={sampler}",
                                         f"synth.sample_steps={steps}"]))
         for seed in [] if args.only_synth else args.student_seeds:
@@ -198,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, words in stages:
         extra = routed(words[0], list(args.overrides))
         commands.append(f"dtlabel {shlex.join(words + extra)} --out {out / name}")
-        if not args.report_only and (rc := ledger.run(name, out / name, [*words, *extra, "-q"])):
+        nproc = args.synth_nproc if words[0] == "synthesize" else 1
+        if not args.report_only and (rc := ledger.run(name, out / name, [*words, *extra, "-q"], nproc)):
             return rc
 
     rows = []

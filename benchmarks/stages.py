@@ -48,14 +48,26 @@ def done(folder: Path) -> bool:
     return (folder / "run.json").is_file()
 
 
-def run_stage(folder: Path, words: list[str]) -> int:
-    """Run ``dtlabel WORDS --out FOLDER`` (``--resume`` if started) unless finished; the exit code."""
+def launcher(nproc: int) -> list[str]:
+    """The command that starts ``nproc`` ranks of a Python module on this machine: torchrun, the documented
+    way to use several cores (dtlabel's distributed commands split their work by rank), or plain Python.
+    torchrun's parser takes a word that abbreviates one of its own options (``--n`` for ``--nnodes``) even
+    after the module, so a command under it spells its options in full (``--num-samples``)."""
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    return [sys.executable]
+
+
+def run_stage(folder: Path, words: list[str], nproc: int = 1) -> int:
+    """Run ``dtlabel WORDS --out FOLDER`` (``--resume`` if started) unless finished, on ``nproc`` ranks;
+    the exit code."""
     if done(folder):
         return 0
-    cmd = [sys.executable, "-m", "dtlabel.cli", *words, "--out", str(folder)]
+    cmd = [*launcher(nproc), "-m", "dtlabel.cli", *words, "--out", str(folder)]
     if folder.exists():
         cmd.append("--resume")
-    print("+ dtlabel", shlex.join(cmd[3:]), flush=True)
+    ranks = f"torchrun --standalone --nproc_per_node {nproc} " if nproc > 1 else ""
+    print(f"+ {ranks}dtlabel", shlex.join(cmd[cmd.index("dtlabel.cli") + 1:]), flush=True)
     child = subprocess.Popen(cmd)
     with signals_passed_to(child):
         rc = child.wait()

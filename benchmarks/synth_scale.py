@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages import samples_in_shards, signals_passed_to
+from stages import launcher, samples_in_shards, signals_passed_to
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -116,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out: Path = args.out
     resume = (out / "plan.json").is_file()
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc)] \
-        if args.nproc > 1 else [sys.executable]
-    cmd = [*launch, "-m", "dtlabel.cli", "synthesize", "--num-samples", str(args.n), "--teacher", args.teacher,
+    cmd = [*launcher(args.nproc), "-m", "dtlabel.cli", "synthesize", "--num-samples", str(args.n), "--teacher", args.teacher,
            "--head", args.head, *passed, "--out", str(out), "-q", *(["--resume"] if resume else [])]
     sitting = watch(cmd, out, args.marks, args.every)
     if not out.is_dir():  # refused before it made its folder: synthesize said why

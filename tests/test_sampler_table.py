@@ -14,14 +14,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # eight dtlabel processes: about a minute on 2 free cores, three on busy ones
+@pytest.mark.slow  # eight dtlabel processes (synthesize on two ranks): about a minute on 2 free cores, three on busy ones
 def test_the_sampler_table_scores_a_student_per_setting_and_chooses_the_fastest_near_the_best(tmp_path: Path) -> None:
     from dtlabel.teachers.tiny import build_tiny_ddpm
 
     teacher = build_tiny_ddpm(tmp_path / "ddpm", sample_size=16)
     out = tmp_path / "table"
     args = [sys.executable, "benchmarks/sampler_table.py", "--teacher", str(teacher), "--out", str(out), "--n", "4",
-            "--grid", "ddim:2", "dpm:2", "--preset", "tiny", "--within", "100", "synth.samples_per_shard=2"]
+            "--grid", "ddim:2", "dpm:2", "--preset", "tiny", "--within", "100", "--synth-nproc", "2",
+            "synth.samples_per_shard=2"]
     empty = subprocess.run([*args, "--report-only"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert empty.returncode == 0 and "chosen: - (not every row is finished)" in empty.stdout
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]  # nothing ran
@@ -38,6 +39,7 @@ def test_the_sampler_table_scores_a_student_per_setting_and_chooses_the_fastest_
     # every row is within 100 of the best, so the chosen one is the fastest per CPU second
     assert result["chosen"]["per_cpu_s"] == max(r["per_cpu_s"] for r in rows.values())
     assert "(chosen)" in (out / "results.md").read_text() and "teacher.sampler=dpm" in res.stdout
+    assert "+ torchrun --standalone --nproc_per_node 2 dtlabel synthesize" in res.stdout
     cpu = json.loads((out / "cpu.json").read_text())
     assert set(cpu) == {"head", "scratch", "synth-ddim-2", "synth-dpm-2", "student-ddim-2-seed0", "student-dpm-2-seed0"}
     again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)  # finished: nothing reruns
