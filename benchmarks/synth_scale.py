@@ -19,7 +19,8 @@ Usage::
         [key=value ...]                      # synthesize overrides (data=..., --preset ..., teacher.*)
 
 Writes ``OUT/scale.json`` (the samples taken and the table) and prints a markdown table with the
-exact command.
+exact command; its curves, projected to ``--project-to`` samples (``benchmarks/scale_curves.py``), go to
+``scale.json``'s ``projected`` and ``OUT/scale.png``: the honest way to let a 20k run speak for 100k.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scale_curves import extend, summary
 from stages import launcher, samples_in_shards, signals_passed_to
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,7 +88,7 @@ def watch(cmd: list[str], out: Path, marks: list[int], every: float) -> dict[str
             done = samples_in_shards(out)
             if mem is not None:
                 looks.append({"s": round(time.time() - t0, 1), "samples": done, "rss_mib": round(mem[0], 1),
-                              "peak_mib": round(mem[1], 1)})
+                              "peak_mib": round(mem[1], 1), "disk_mib": round(disk_bytes(out) / 2**20, 1)})
                 passed.update({str(m): looks[-1] for m in marks if done >= m and str(m) not in passed})
             if rc is not None:
                 break
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nproc", type=int, default=1, help="ranks on this machine (torchrun, one core each)")
     ap.add_argument("--marks", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     ap.add_argument("--every", type=float, default=5.0, help="seconds between two looks at the run")
+    ap.add_argument("--project-to", type=int, default=100_000,
+                    help="the run size whose cost the curves project (benchmarks/scale_curves.py; OUT/scale.png)")
     # anything else is synthesize's: its options (--preset cpu, --device cpu, ...) and key=value overrides, in order
     args, passed = ap.parse_known_args(argv)
 
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     peaks = ", ".join(f"{marks[str(m)]['peak_mib']:.0f} MiB" if marks[str(m)] else "-" for m in args.marks)
     print(f"| {done:,} | {wall:.0f} | {result['samples_per_s']} | {cpu:.0f} | {result['samples_per_cpu_s']} | "
           f"{size / 2**30:.2f} GiB | {(result['bytes_per_sample'] or 0) / 1000:.1f} kB | {peaks} |")
+    print("\n" + summary(extend(out, args.project_to)))
     return int(sitting["rc"] or 0)
 
 

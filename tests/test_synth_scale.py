@@ -37,7 +37,7 @@ def test_the_scale_benchmark_records_rate_disk_and_peak_memory_at_each_mark(tmp_
     out = tmp_path / "synth"
     args = [sys.executable, "benchmarks/synth_scale.py", "--teacher", str(teacher_dir), "--head", str(head),
             "--n", "12", "--out", str(out), "--marks", "4", "12", "--every", "0.2", "--preset", "tiny",
-            "synth.samples_per_shard=4"]
+            "--project-to", "1200", "synth.samples_per_shard=4"]
     res = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     scale = json.loads((out / "scale.json").read_text())
@@ -46,6 +46,10 @@ def test_the_scale_benchmark_records_rate_disk_and_peak_memory_at_each_mark(tmp_
     assert scale["disk_bytes"] == sum(p.stat().st_size for p in (out / "shards").glob("*.tar"))
     assert all(scale["marks"][m]["peak_mib"] > 10 for m in ("4", "12"))
     assert "| 12 |" in res.stdout and "synth_scale.py" in res.stdout
+    projected = scale["projected"]  # 100 times the run at its measured rates and size
+    assert projected["to"] == 1200 and projected["disk_gib"] == round(1200 * scale["bytes_per_sample"] / 2**30, 2)
+    assert projected["cpu_h"] == round(1200 / scale["samples_per_cpu_s"] / 3600, 2)
+    assert (out / "scale.png").stat().st_size > 1000 and "projected to 1,200" in res.stdout
     again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)  # a finished run: resumed, nothing new
     assert again.returncode == 0, again.stderr[-2000:]
     resumed = json.loads((out / "scale.json").read_text())
@@ -94,3 +98,31 @@ def test_a_sitting_stopped_by_sigterm_is_recorded_and_the_next_one_adds_to_it(tm
     assert both["resumed"] and len(both["sittings"]) == 2 and both["samples"] == both["samples_timed"] == 400
     assert both["marks"]["4"] == first["marks"]["4"] and both["marks"]["400"]["samples"] == 400
     assert both["cpu_s"] > first["cpu_s"] and "(2 sitting(s))" in res.stdout
+
+
+def test_the_curves_of_a_run_in_two_sittings_project_its_cost_and_memory(tmp_path: Path) -> None:
+    """A hand-made scale.json: 1 sample/s in both sittings, memory growing 2 MiB per 1k samples, 1 kB a sample."""
+    def looks(start: int, end: int) -> list[dict[str, float]]:
+        return [{"s": float(k - start), "samples": k, "rss_mib": 500 + k / 500, "peak_mib": 600.0, "disk_mib": k / 1024}
+                for k in range(start, end + 1, 100)]
+
+    out = tmp_path / "run"
+    out.mkdir()
+    sittings = [{"wall_s": 3000.0, "looks": looks(0, 3000)}, {"wall_s": 7000.0, "looks": looks(3000, 10000)}]
+    (out / "scale.json").write_text(json.dumps({"sittings": sittings, "samples_per_s": 1.0, "samples_per_cpu_s": 0.5,
+                                                "bytes_per_sample": 1024}))
+    res = subprocess.run([sys.executable, "benchmarks/scale_curves.py", str(out), "--to", "100000"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    projected = json.loads((out / "scale.json").read_text())["projected"]
+    assert projected["wall_h"] == round(100000 / 3600, 2) and projected["cpu_h"] == round(200000 / 3600, 2)
+    assert projected["disk_gib"] == round(100000 * 1024 / 2**30, 2)
+    assert projected["rss_mib_per_10k"] == 20.0 and projected["rss_mib_at_to"] == 700.0
+    assert projected["rate_spread"] == 1.0 and len(projected["window_rates"]) == 10
+    assert (out / "scale.png").stat().st_size > 1000 and "20.0 MiB per 10k samples" in res.stdout
+
+
+def test_the_curves_of_a_folder_without_a_scale_run_are_refused_in_one_line(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "benchmarks/scale_curves.py", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "scale.json not found" in res.stderr
