@@ -64,7 +64,8 @@ def projected(result: dict[str, Any], points: list[dict[str, float]], to: int) -
     disk (bytes per sample), and the resident memory's line in the samples (after the first 1,000: start-up
     fills the model and the writer's queue first) with its value at ``to``. ``rate_spread`` is the largest
     window rate over the smallest (1 when the rate is steady)."""
-    rates = [r["per_s"] for r in window_rates(points)]
+    windows = window_rates(points)
+    rates = [w["per_s"] for w in windows]
     steady = [p for p in points if p["samples"] >= 1000] or points
     intercept, slope = line_fit([p["samples"] for p in steady], [p["rss_mib"] for p in steady]) if steady else (0.0, 0.0)
     per_s, per_cpu_s, per_sample = result.get("samples_per_s"), result.get("samples_per_cpu_s"), result.get("bytes_per_sample")
@@ -75,7 +76,7 @@ def projected(result: dict[str, Any], points: list[dict[str, float]], to: int) -
             "rss_mib_per_10k": round(slope * 10_000, 1),
             "rss_mib_at_to": round(intercept + slope * to, 1),
             "rate_spread": round(max(rates) / min(rates), 3) if rates and min(rates) > 0 else None,
-            "window_rates": window_rates(points)}
+            "window_rates": windows}
 
 
 def draw(points: list[dict[str, float]], proj: dict[str, Any], path: Path) -> None:
@@ -106,17 +107,23 @@ def draw(points: list[dict[str, float]], proj: dict[str, Any], path: Path) -> No
     os.replace(tmp, path)
 
 
-def extend(out: Path, to: int) -> dict[str, Any]:
-    """Add the curve's projection to ``out/scale.json`` and draw ``out/scale.png``; the projection."""
-    result = json.loads((out / "scale.json").read_text())
+def add_projection(result: dict[str, Any], out: Path, to: int) -> dict[str, Any]:
+    """Put the projection of ``result`` (a scale.json's content) to ``to`` samples into ``result["projected"]``
+    and draw ``out/scale.png``; the projection. The caller writes ``result``."""
     points = joined_curve(result["sittings"])
-    proj = projected(result, points, to)
-    result["projected"] = proj
+    result["projected"] = projected(result, points, to)
+    if len(points) >= 2:
+        draw(points, result["projected"], out / "scale.png")
+    return result["projected"]
+
+
+def extend(out: Path, to: int) -> dict[str, Any]:
+    """Add the projection to ``out/scale.json`` (written atomically) and draw ``out/scale.png``; the projection."""
+    result = json.loads((out / "scale.json").read_text())
+    proj = add_projection(result, out, to)
     tmp = out / "scale.json.tmp"
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, out / "scale.json")
-    if len(points) >= 2:
-        draw(points, proj, out / "scale.png")
     return proj
 
 

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scale_curves import extend, summary
+from scale_curves import add_projection, summary
 from stages import launcher, samples_in_shards, signals_passed_to
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
               "samples_per_cpu_s": round(counted / cpu, 2) if cpu > 0 else None,
               "disk_bytes": size, "bytes_per_sample": round(size / done) if done else None,
               "peak_rss_mib": max(s["peak_rss_mib"] for s in sittings), "marks": marks, "sittings": sittings}
+    projection = add_projection(result, out, args.project_to)
     (out / "scale.json.tmp").write_text(json.dumps(result, indent=1) + "\n")
     os.replace(out / "scale.json.tmp", out / "scale.json")
     print(f"`{result['command']}` ({len(sittings)} sitting(s))\n")
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     peaks = ", ".join(f"{marks[str(m)]['peak_mib']:.0f} MiB" if marks[str(m)] else "-" for m in args.marks)
     print(f"| {done:,} | {wall:.0f} | {result['samples_per_s']} | {cpu:.0f} | {result['samples_per_cpu_s']} | "
           f"{size / 2**30:.2f} GiB | {(result['bytes_per_sample'] or 0) / 1000:.1f} kB | {peaks} |")
-    print("\n" + summary(extend(out, args.project_to)))
+    print("\n" + summary(projection))
     return int(sitting["rc"] or 0)
 
 
