@@ -105,6 +105,21 @@ def test_reader_decodes_every_sample(sampled: Path) -> None:
     assert s["score"] == ds.manifest["scores"][5]
 
 
+def test_reader_first_n_is_the_start_of_the_set(sampled: Path) -> None:
+    from dtlabel.errors import DataError
+    from dtlabel.synth import SynthSet
+
+    whole = {s["index"]: s for s in SynthSet(sampled).iter()}
+    ds = SynthSet(sampled, first=10, drop_uncertain=0.2)
+    kept = sorted(range(10), key=lambda i: (-whole[i]["score"], -i))[2:]  # the 2 most uncertain of the 10 dropped
+    assert len(ds) == 8 and ds.indices == sorted(kept) and ds.dropped_uncertain == 2
+    got = list(ds.iter(shuffle_buffer=4, seed=1))
+    assert sorted(s["index"] for s in got) == sorted(kept)
+    assert all(np.array_equal(s["image"], whole[s["index"]]["image"]) for s in got)
+    with pytest.raises(DataError, match="the first 25 samples were asked for, but the run made 24"):
+        SynthSet(sampled, first=25)
+
+
 def _image_folder(root: Path, n: int = 7, corrupt: bool = False) -> Path:
     from PIL import Image
 

@@ -175,6 +175,20 @@ def test_synth_hard_mixed_with_real(synth: Path, tmp_path: Path) -> None:
     assert desc["synth_samples"] == 9
 
 
+def test_synth_samples_trains_on_the_first_n(synth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "first"
+    assert main(["train-student", *TINY, "--synth", str(synth), "student.synth_samples=8", "--out", str(out)]) == 0
+    desc = json.loads((out / "run.json").read_text())
+    assert desc["synth_samples"] == 8 and desc["steps"] == 2 * (8 // 4)  # an epoch is one pass over the 8
+
+
+def test_synth_samples_beyond_the_set_or_without_synth(cli, synth: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    err = _err(cli, tmp_path, "--synth", str(synth), "student.synth_samples=13")
+    assert "the first 13 samples were asked for, but the run made 12" in err
+    assert "student.synth_samples=4 takes the first samples of a --synth set" in _err(
+        cli, tmp_path, "--labels", "4", "student.synth_samples=4")
+
+
 def test_ddp_two_processes_gloo(synth: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

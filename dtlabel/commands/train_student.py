@@ -60,12 +60,13 @@ def check_data(bundle: DataBundle, command: str) -> LabeledSource:
     return bundle.labeled
 
 
-def open_synth(path: str, drop_uncertain: float) -> Any:
-    """The ``SynthSet`` of a finished synthesize run (``RunError`` with the reason otherwise)."""
+def open_synth(path: str, drop_uncertain: float, first: int | None = None) -> Any:
+    """The ``SynthSet`` of a finished synthesize run, its first ``first`` samples (``RunError`` with the
+    reason otherwise)."""
     read_run(path, "synthesize", "--synth")
     from dtlabel.synth import SynthSet
 
-    return SynthSet(path, drop_uncertain=drop_uncertain)
+    return SynthSet(path, drop_uncertain=drop_uncertain, first=first)
 
 
 def _drop_copies(synth: Any, source: LabeledSource, data_name: str, cfg: DictConfig, label_ids: list[str],
@@ -123,7 +124,10 @@ def run(run: Run, cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         if cfg.inputs.get("backbone"):
             raise ConfigError("pass --init (a whole student) or --backbone (an encoder), not both")
         read_run(str(cfg.inputs.init), "train-student", "--init")
-    synth = open_synth(str(synth_dir), float(sc.drop_uncertain)) if synth_dir else None
+    first = sc.get("synth_samples")
+    if first is not None and not synth_dir:
+        raise ConfigError(f"student.synth_samples={first} takes the first samples of a --synth set; pass --synth DIR")
+    synth = open_synth(str(synth_dir), float(sc.drop_uncertain), first) if synth_dir else None
 
     device = dist.init_from_env(select_device(cfg.device))
     rank, world = dist.rank(), dist.world_size()
@@ -164,9 +168,9 @@ def _split(run: Run, cfg: DictConfig, bundle: DataBundle, source: LabeledSource,
     split = split_labels(bundle, source, n_labels, cfg.get("label_ids"), label_seed, int(sc.val_size), head_labels)
     if synth is not None:
         _drop_copies(synth, source, bundle.name, cfg, split.label_ids, split.val_ids, split.test_ids)
-        log.info("synth set %s: %d of its %d samples train (drop_uncertain %s left out the %d most uncertain)",
-                 cfg.inputs.synth, len(synth), len(synth.manifest["scores"]), sc.drop_uncertain,
-                 synth.dropped_uncertain)
+        log.info("synth set %s: %d of its %d samples train (the first %d; drop_uncertain %s left out the %d most "
+                 "uncertain)", cfg.inputs.synth, len(synth), len(synth.manifest["scores"]), synth.first,
+                 sc.drop_uncertain, synth.dropped_uncertain)
     if dist.is_main():
         write_json(run.path / "labels.json", split.record())
     dist.barrier()

@@ -180,6 +180,7 @@ class StudentSection(LabeledTraining):
     synth_loss: Literal["soft", "hard"] = "soft"
     tau: float = num(4.0, gt=0)
     drop_uncertain: float = num(0.0, ge=0, lt=1)
+    synth_samples: int | None = num(None, ge=1)
     drop_leaked: bool = False
     real_ratio: float = num(0.25, gt=0, lt=1)
     stage2_epochs: int | None = num(None, ge=0)

@@ -38,13 +38,17 @@ Sample = dict[str, Any]
 class SynthSet:
     """A finished synthesize run folder, optionally without its most uncertain fraction of samples.
 
+    ``first=N`` keeps the samples with index < N (``drop_uncertain`` then applies to those): the set a
+    run of ``synthesize --n N`` with the same seeds writes, without sampling it again.
+
     Every shard is checked against the manifest when the set is opened: its size always, its sha256
     with ``verify`` (about 0.1 s per 100 MB; docs/RESULTS.md), so a damaged shard is one
     :class:`DataError` before training starts, not a crash in the middle of it. A shard that is
     damaged after opening fails the same way when it is read.
     """
 
-    def __init__(self, run_dir: str | Path, drop_uncertain: float = 0.0, verify: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, drop_uncertain: float = 0.0, verify: bool = True,
+                 first: int | None = None) -> None:
         self.path = Path(run_dir).expanduser()
         if not self.path.is_dir():
             raise RunError(f"synthesize run folder not found: {self.path}")
@@ -62,6 +66,10 @@ class SynthSet:
         if not 0.0 <= drop < 1.0:
             raise ConfigError(f"drop_uncertain={drop_uncertain}: expected a fraction in [0, 1)")
         self.drop_uncertain = drop
+        indices = len(self.manifest["scores"])  # the run's --n (a pool run may have skipped a few of them)
+        if first is not None and not 1 <= int(first) <= indices:
+            raise DataError(f"{self.path}: the first {first} samples were asked for, but the run made {indices}")
+        self.first = indices if first is None else int(first)
         for sh in self.manifest["shards"]:
             self._check_shard(sh, bool(verify))
         m = self.manifest
@@ -69,7 +77,7 @@ class SynthSet:
         self.class_names: list[str] = list(m["class_names"])
         self.size: tuple[int, int] = (int(m["size"][0]), int(m["size"][1]))
         self.logits_size: tuple[int, int] | None = tuple(m["logits_size"]) if m.get("logits_size") else None  # type: ignore[assignment]
-        present = [(s, i) for i, s in enumerate(m["scores"]) if s is not None]
+        present = [(s, i) for i, s in enumerate(m["scores"][:self.first]) if s is not None]
         n_drop = int(math.floor(drop * len(present)))
         # most uncertain first; ties: the higher index goes first, so the choice is deterministic
         ranked = sorted(present, key=lambda si: (-si[0], -si[1]))
@@ -98,7 +106,7 @@ class SynthSet:
 
     def __repr__(self) -> str:
         return (f"SynthSet({str(self.path)!r}, {len(self)} of {self.manifest['count']} samples, "
-                f"drop_uncertain={self.drop_uncertain}, mode={self.manifest.get('mode')})")
+                f"first={self.first}, drop_uncertain={self.drop_uncertain}, mode={self.manifest.get('mode')})")
 
     def exclude(self, indices: Any) -> int:
         """Leave the samples ``indices`` out of every later pass (e.g. copies of validation images);
@@ -120,7 +128,8 @@ class SynthSet:
         ``shuffle_buffer > 0`` shuffles the shard order (by ``seed``) and the samples through a buffer."""
         if world < 1 or not 0 <= rank < world:
             raise ConfigError(f"rank {rank} / world {world}: expected 0 <= rank < world")
-        shards = [sh for sh in self.manifest["shards"] if sh["count"] > 0]
+        # shards none of whose samples are kept (beyond ``first``) are not opened
+        shards = [sh for sh in self.manifest["shards"] if sh["count"] > 0 and int(sh.get("first", 0)) < self.first]
         if shuffle_buffer > 0:
             random.Random(seed).shuffle(shards)
         if len(shards) >= world:
