@@ -14,7 +14,8 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +45,33 @@ def samples_in_shards(run: Path) -> int:
     return total
 
 
+def tree_memory_mib(pid: int) -> tuple[float, float] | None:
+    """(resident now, peak resident) in MiB of process ``pid`` and its descendants (torchrun's ranks),
+    summed over the processes (the summed peaks bound the tree's peak from above); None once it is gone."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    now = peak = 0.0
+    found, todo = False, [pid]
+    while todo:
+        proc = todo.pop()
+        todo += children.get(proc, [])
+        try:
+            status = dict(line.split(":", 1) for line in Path(f"/proc/{proc}/status").read_text().splitlines()
+                          if ":" in line)
+        except OSError:
+            continue
+        if "VmRSS" in status and "VmHWM" in status:
+            found = True
+            now += float(status["VmRSS"].split()[0]) / 1024
+            peak += float(status["VmHWM"].split()[0]) / 1024
+    return (now, peak) if found else None
+
+
 def done(folder: Path) -> bool:
     return (folder / "run.json").is_file()
 
@@ -58,9 +86,10 @@ def launcher(nproc: int) -> list[str]:
     return [sys.executable]
 
 
-def run_stage(folder: Path, words: list[str], nproc: int = 1) -> int:
+def run_stage(folder: Path, words: list[str], nproc: int = 1,
+              look: Callable[[int], None] | None = None, every: float = 2.0) -> int:
     """Run ``dtlabel WORDS --out FOLDER`` (``--resume`` if started) unless finished, on ``nproc`` ranks;
-    the exit code."""
+    the exit code. ``look(pid)`` is called every ``every`` seconds while it runs (its memory, say)."""
     if done(folder):
         return 0
     cmd = [*launcher(nproc), "-m", "dtlabel.cli", *words, "--out", str(folder)]
@@ -70,6 +99,9 @@ def run_stage(folder: Path, words: list[str], nproc: int = 1) -> int:
     print(f"+ {ranks}dtlabel", shlex.join(cmd[cmd.index("dtlabel.cli") + 1:]), flush=True)
     child = subprocess.Popen(cmd)
     with signals_passed_to(child):
+        while look is not None and child.poll() is None:
+            look(child.pid)
+            time.sleep(every)
         rc = child.wait()
     if rc != 0:
         print(f"{folder.name} failed (exit {rc}); see {folder}", file=sys.stderr)

@@ -37,37 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from scale_curves import add_projection, summary
-from stages import launcher, samples_in_shards, signals_passed_to
+from stages import launcher, samples_in_shards, signals_passed_to, tree_memory_mib
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-
-def tree_memory_mib(pid: int) -> tuple[float, float] | None:
-    """(resident now, peak resident) in MiB of process ``pid`` and its descendants (torchrun's ranks),
-    summed over the processes (the summed peaks bound the tree's peak from above); None once it is gone."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    now = peak = 0.0
-    found, todo = False, [pid]
-    while todo:
-        proc = todo.pop()
-        todo += children.get(proc, [])
-        try:
-            status = dict(line.split(":", 1) for line in Path(f"/proc/{proc}/status").read_text().splitlines()
-                          if ":" in line)
-        except OSError:
-            continue
-        if "VmRSS" in status and "VmHWM" in status:
-            found = True
-            now += float(status["VmRSS"].split()[0]) / 1024
-            peak += float(status["VmHWM"].split()[0]) / 1024
-    return (now, peak) if found else None
 
 
 def disk_bytes(run: Path) -> int:
