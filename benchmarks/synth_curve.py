@@ -9,11 +9,11 @@ the rows differ by the number of pseudo-labels alone: every student takes the sa
 N means fewer passes over more distinct samples.
 
 Each student's memory is watched every second: the peak resident memory of its process tree (the
-trainer and its DataLoader workers, summed; an upper bound, workers share pages with the trainer), so
-"the student streams: its memory does not grow with N" is a column of figures. Every stage is an
-ordinary dtlabel command in a folder of its own (``benchmarks/stages.py``): a finished stage is
-skipped, an unfinished one continues with ``--resume``. Two instances may share ``--out`` on
-disjoint ``--seeds`` (one core each): ``OUT/memory.json`` is merged under a lock.
+trainer and its DataLoader workers when ``num_workers`` > 0, summed: an upper bound, workers share
+pages with the trainer), so "the student streams: its memory does not grow with N" is a column of
+figures. Every stage is an ordinary dtlabel command in a folder of its own (``benchmarks/stages.py``):
+a finished stage is skipped, an unfinished one continues with ``--resume``. Two instances may share
+``--out`` on disjoint ``--seeds`` (one core each): ``OUT/memory.json`` is merged under a lock.
 
 Usage::
 
@@ -94,7 +94,7 @@ def mean_row(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def table(rows: list[dict[str, Any]], scratch: dict[str, Any] | None) -> str:
     lines = ["| pseudo-labels (first N) | student test mIoU (each seed) | mean | vs scratch | steps | "
-             "peak RSS: trainer / with workers (MiB) | seconds per student |",
+             "peak RSS: trainer / process tree (MiB) | seconds per student |",
              "|---:|---|---:|---:|---:|---|---:|"]
     for r in rows:
         runs = r["runs"]
