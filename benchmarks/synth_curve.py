@@ -82,14 +82,24 @@ def student_row(folder: Path, memory: dict[str, float], name: str) -> dict[str, 
             "steps": run.get("steps"), "peak_rss_mib": run.get("peak_rss_mib"), "tree_peak_mib": memory.get(name)}
 
 
-def mean_row(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The scratch reference: its students' mean test mIoU (each seed's in ``each``), their largest memory."""
+def summarised(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One row's students taken together: their mean test mIoU, each seed's, their steps, mean seconds and
+    largest memory (None before any is finished)."""
     if not runs:
         return None
-    return {"miou": round(sum(r["miou"] for r in runs) / len(runs), 2), "each": [r["miou"] for r in runs],
+    return {"miou": sum(r["miou"] for r in runs) / len(runs), "each": [r["miou"] for r in runs],
             "steps": runs[0]["steps"], "seconds": sum(r["seconds"] or 0 for r in runs) / len(runs),
             "peak_rss_mib": max(r["peak_rss_mib"] or 0 for r in runs),
-            "tree_peak_mib": max(r["tree_peak_mib"] or 0 for r in runs), "synth_samples": None}
+            "tree_peak_mib": max(r["tree_peak_mib"] or 0 for r in runs), "synth_samples": runs[0]["synth_samples"]}
+
+
+def line(label: str, summary: dict[str, Any] | None, gap: str, note: str = "") -> str:
+    """One table line: a row's summary (``summarised``), its gap to the scratch student."""
+    if summary is None:
+        return f"| {label} | - | - | - | - | - | - |"
+    each = ", ".join(f"{m:.2f}" for m in summary["each"])
+    return (f"| {label} | {each}{note} | {summary['miou']:.2f} | {gap} | {summary['steps']} | "
+            f"{summary['peak_rss_mib']:.0f} / {summary['tree_peak_mib']:.0f} | {summary['seconds']:.0f} |")
 
 
 def table(rows: list[dict[str, Any]], scratch: dict[str, Any] | None) -> str:
@@ -97,24 +107,10 @@ def table(rows: list[dict[str, Any]], scratch: dict[str, Any] | None) -> str:
              "peak RSS: trainer / process tree (MiB) | seconds per student |",
              "|---:|---|---:|---:|---:|---|---:|"]
     for r in rows:
-        runs = r["runs"]
-        if not runs:
-            lines.append(f"| {r['n']:,} | - | - | - | - | - | - |")
-            continue
-        each = ", ".join(f"{x['miou']:.2f}" for x in runs)
-        mean = sum(x["miou"] for x in runs) / len(runs)
-        gap = f"{mean - scratch['miou']:+.2f}" if scratch else "-"
-        rss = max((x["peak_rss_mib"] or 0) for x in runs)
-        tree = max((x["tree_peak_mib"] or 0) for x in runs)
-        secs = sum(x["seconds"] or 0 for x in runs) / len(runs)
-        partial = "" if r["complete"] else " (not every seed yet)"
-        lines.append(f"| {r['n']:,} | {each}{partial} | {mean:.2f} | {gap} | {runs[0]['steps']} | {rss:.0f} / "
-                     f"{tree:.0f} | {secs:.0f} |")
+        gap = f"{r['summary']['miou'] - scratch['miou']:+.2f}" if r["summary"] and scratch else "-"
+        lines.append(line(f"{r['n']:,}", r["summary"], gap, "" if r["complete"] else " (not every seed yet)"))
     if scratch:
-        each = ", ".join(f"{m:.2f}" for m in scratch["each"])
-        lines.append(f"| scratch student (reference) | {each} | {scratch['miou']:.2f} | - | "
-                     f"{scratch['steps']} | {scratch['peak_rss_mib'] or 0:.0f} / {scratch['tree_peak_mib'] or 0:.0f} | "
-                     f"{scratch['seconds'] or 0:.0f} |")
+        lines.append(line("scratch student (reference)", scratch, "-"))
     return "\n".join(lines)
 
 
@@ -123,11 +119,11 @@ def draw(rows: list[dict[str, Any]], scratch: dict[str, Any] | None, path: Path)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    done_rows = [r for r in rows if r["runs"]]
+    done_rows = [r for r in rows if r["summary"]]
     for r in done_rows:
-        ax.scatter([r["n"]] * len(r["runs"]), [x["miou"] for x in r["runs"]], color="tab:blue", s=14, alpha=0.6)
+        ax.scatter([r["n"]] * len(r["runs"]), r["summary"]["each"], color="tab:blue", s=14, alpha=0.6)
     if done_rows:
-        ax.plot([r["n"] for r in done_rows], [sum(x["miou"] for x in r["runs"]) / len(r["runs"]) for r in done_rows],
+        ax.plot([r["n"] for r in done_rows], [r["summary"]["miou"] for r in done_rows],
                 color="tab:blue", marker="o", label="student on the first N pseudo-labels (mean)")
     if scratch:
         ax.axhline(scratch["miou"], color="gray", linestyle="--", label="scratch student (the labels alone)")
@@ -179,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
             return rc
 
     peaks = memory.read()
-    scratch = mean_row([row for seed in args.seeds
+    scratch = summarised([row for seed in args.seeds
                         if (row := student_row(out / f"scratch-seed{seed}", peaks, f"scratch-seed{seed}"))])
     rows = []
     for n in sorted(args.sizes):
         runs = [row for seed in args.seeds
                 if (row := student_row(out / f"student-n{n}-seed{seed}", peaks, f"student-n{n}-seed{seed}"))]
-        rows.append({"n": n, "seeds": args.seeds, "runs": runs, "complete": len(runs) == len(args.seeds)})
+        rows.append({"n": n, "seeds": args.seeds, "runs": runs, "complete": len(runs) == len(args.seeds),
+                     "summary": summarised(runs)})
     report = [f"`python benchmarks/synth_curve.py {shlex.join(argv if argv is not None else sys.argv[1:])}`", "",
               f"The demo's distilled student ({labels} labels, preset {args.preset}) on the first N samples of "
               f"{args.synth} ({made} made), seeds {args.seeds}; test mIoU on the real test split.", "",
